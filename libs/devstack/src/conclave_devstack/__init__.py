@@ -1,0 +1,1 @@
+"""Runs Conclave on one machine: embedded NATS + PostgreSQL and the five services."""

@@ -1,0 +1,1 @@
+"""Conclave auth service: accounts, mandatory TOTP 2FA, sessions and devices."""

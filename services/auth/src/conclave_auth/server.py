@@ -1,0 +1,24 @@
+"""Wires the auth service: its servicer, schema and ports, handed to the kit's runtime."""
+
+import grpc
+from conclave.auth.v1 import auth_pb2, auth_pb2_grpc
+from conclave_kit.runtime import Resources, ServiceSpec
+
+from conclave_auth.service import AuthServiceServicer
+
+GRPC_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+
+
+def register(server: grpc.aio.Server, resources: Resources) -> None:
+    """Adds the auth servicer to ``server``."""
+    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServiceServicer(resources), server)
+
+
+SPEC = ServiceSpec(
+    name="auth",
+    grpc_services=(GRPC_SERVICE,),
+    migrations_package="conclave_auth.migrations",
+    register=register,
+    default_grpc_port=50051,
+    default_metrics_port=9101,
+)

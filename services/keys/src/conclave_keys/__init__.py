@@ -1,0 +1,1 @@
+"""Conclave keys service: identity keys, signed and one-time prekeys, key-transparency log."""

@@ -1,0 +1,24 @@
+"""Wires the keys service: its servicer, schema and ports, handed to the kit's runtime."""
+
+import grpc
+from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
+from conclave_kit.runtime import Resources, ServiceSpec
+
+from conclave_keys.service import KeyServiceServicer
+
+GRPC_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
+
+
+def register(server: grpc.aio.Server, resources: Resources) -> None:
+    """Adds the keys servicer to ``server``."""
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServiceServicer(resources), server)
+
+
+SPEC = ServiceSpec(
+    name="keys",
+    grpc_services=(GRPC_SERVICE,),
+    migrations_package="conclave_keys.migrations",
+    register=register,
+    default_grpc_port=50052,
+    default_metrics_port=9102,
+)

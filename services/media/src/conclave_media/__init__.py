@@ -1,0 +1,1 @@
+"""Conclave media service: encrypted attachment blobs."""

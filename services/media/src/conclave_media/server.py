@@ -1,0 +1,24 @@
+"""Wires the media service: its servicer, schema and ports, handed to the kit's runtime."""
+
+import grpc
+from conclave.media.v1 import media_pb2, media_pb2_grpc
+from conclave_kit.runtime import Resources, ServiceSpec
+
+from conclave_media.service import MediaServiceServicer
+
+GRPC_SERVICE = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
+
+
+def register(server: grpc.aio.Server, resources: Resources) -> None:
+    """Adds the media servicer to ``server``."""
+    media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServiceServicer(resources), server)
+
+
+SPEC = ServiceSpec(
+    name="media",
+    grpc_services=(GRPC_SERVICE,),
+    migrations_package="conclave_media.migrations",
+    register=register,
+    default_grpc_port=50054,
+    default_metrics_port=9104,
+)

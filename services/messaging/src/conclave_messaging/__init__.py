@@ -1,0 +1,1 @@
+"""Conclave messaging service: groups, 1:1 and group fan-out, per-device delivery."""

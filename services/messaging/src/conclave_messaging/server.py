@@ -1,0 +1,26 @@
+"""Wires the messaging service: its servicer, schema and ports, handed to the kit's runtime."""
+
+import grpc
+from conclave.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from conclave_kit.runtime import Resources, ServiceSpec
+
+from conclave_messaging.service import MessagingServiceServicer
+
+GRPC_SERVICE = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
+
+
+def register(server: grpc.aio.Server, resources: Resources) -> None:
+    """Adds the messaging servicer to ``server``."""
+    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(
+        MessagingServiceServicer(resources), server
+    )
+
+
+SPEC = ServiceSpec(
+    name="messaging",
+    grpc_services=(GRPC_SERVICE,),
+    migrations_package="conclave_messaging.migrations",
+    register=register,
+    default_grpc_port=50053,
+    default_metrics_port=9103,
+)

@@ -1,0 +1,1 @@
+"""Conclave retention service: retention policies, purge jobs, GDPR export and erasure."""
