@@ -8,6 +8,8 @@ errors would give an attacker who can submit ciphertexts a decryption/padding or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class CryptoError(Exception):
     """Base class of every error raised by conclave_crypto."""
@@ -38,9 +40,9 @@ class MissingSessionError(CryptoError):
         missing: the device addresses for which a pre-key bundle must be fetched.
     """
 
-    def __init__(self, missing: list[tuple[str, int]]) -> None:
+    def __init__(self, missing: Sequence[tuple[str, int]]) -> None:
         super().__init__(f"no session for {len(missing)} device(s)")
-        self.missing = missing
+        self.missing = list(missing)
 
 
 class StateError(CryptoError):
