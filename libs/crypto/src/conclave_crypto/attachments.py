@@ -86,17 +86,17 @@ def encrypt_attachment(
     aead = AESGCM(hkdf(key, b"", INFO_ATTACHMENT, 32))
     header = u8(PROTOCOL_VERSION) + u32(chunk_size)
     padded_len = attachment_bucket(len(data))
-    view = memoryview(data)
-    parts = [header]
     n_chunks = max(1, -(-padded_len // chunk_size))
+    src = memoryview(data)
     digest = hashlib.sha256(header)
+    parts = [header]
     for i in range(n_chunks):
         start, end = i * chunk_size, min((i + 1) * chunk_size, padded_len)
-        chunk = bytes(view[start:end])
-        if len(chunk) < end - start:
-            chunk += bytes(end - start - len(chunk))
+        chunk: bytes | memoryview = src[start:end]
+        if end > len(data):  # the chunk holding the end of the data plus zero padding
+            chunk = bytes(src[start:]) + bytes(end - max(start, len(data)))
         ct = aead.encrypt(_nonce(i, i == n_chunks - 1), chunk, header)
-        digest.update(ct)
+        digest.update(ct)  # hashed while the chunk is still in cache
         parts.append(ct)
     return b"".join(parts), AttachmentPointer(key, digest.digest(), len(data))
 
