@@ -75,7 +75,7 @@ def test_sealed_sender_round_trip() -> None:
     """The recipient learns the certified sender and decrypts the inner message."""
     alice, bob = make_device("alice", 1), make_device("bob", 2)
     alice.process_bundle(bundle_of(bob))
-    cert = SenderCertificate.issue(SERVER, 7, "alice", 1, alice.identity.public, _now() + 60_000)
+    cert = SenderCertificate.issue(SERVER, 7, "alice", "1", alice.identity.public, _now() + 60_000)
     env = seal(alice.identity, cert, bob.identity.public, alice.encrypt(bob.address, b"psst"))
     opened = unseal(bob.identity, env, TRUSTED, _now())
     assert opened.sender == alice.address
@@ -86,19 +86,19 @@ def test_sealed_sender_rejects_expired_untrusted_and_mismatched_certificates() -
     """Expired, untrusted-signer and wrong-identity certificates all fail opaquely."""
     alice, bob, mallory = make_device("alice", 1), make_device("bob", 1), make_device("m", 1)
     now = _now()
-    expired = SenderCertificate.issue(SERVER, 7, "alice", 1, alice.identity.public, now - 1)
+    expired = SenderCertificate.issue(SERVER, 7, "alice", "1", alice.identity.public, now - 1)
     rogue = SenderCertificate.issue(
-        Ed25519PrivateKey.generate(), 7, "alice", 1, alice.identity.public, now + 60_000
+        Ed25519PrivateKey.generate(), 7, "alice", "1", alice.identity.public, now + 60_000
     )
     too_long = SenderCertificate.issue(
-        SERVER, 7, "alice", 1, alice.identity.public, now + 30 * 86_400_000
+        SERVER, 7, "alice", "1", alice.identity.public, now + 30 * 86_400_000
     )
     for cert in (expired, rogue, too_long):
         env = seal(alice.identity, cert, bob.identity.public, b"inner")
         with pytest.raises(DecryptionError):
             unseal(bob.identity, env, TRUSTED, now)
     # Mallory cannot use Alice's certificate: seal refuses, and a hand-made one fails.
-    good = SenderCertificate.issue(SERVER, 7, "alice", 1, alice.identity.public, now + 60_000)
+    good = SenderCertificate.issue(SERVER, 7, "alice", "1", alice.identity.public, now + 60_000)
     with pytest.raises(InvalidKeyError):
         seal(mallory.identity, good, bob.identity.public, b"x")
     object.__setattr__(good, "identity", mallory.identity.public)  # signature now invalid
@@ -110,7 +110,7 @@ def test_sealed_sender_rejects_expired_untrusted_and_mismatched_certificates() -
 def test_sealed_envelope_tampering_rejected() -> None:
     """Any flipped byte in a sealed envelope gives the opaque error."""
     alice, bob = make_device("alice", 1), make_device("bob", 1)
-    cert = SenderCertificate.issue(SERVER, 7, "alice", 1, alice.identity.public, _now() + 60_000)
+    cert = SenderCertificate.issue(SERVER, 7, "alice", "1", alice.identity.public, _now() + 60_000)
     env = seal(alice.identity, cert, bob.identity.public, b"inner message")
     for pos in range(0, len(env), 9):
         bad = bytearray(env)

@@ -35,13 +35,13 @@ def test_multi_device_fan_out_includes_own_devices() -> None:
     a1, a2 = make_device("alice", 1), make_device("alice", 2)
     b1, b2, b3 = make_device("bob", 1), make_device("bob", 2), make_device("bob", 3)
     everyone = {m.address: m for m in (a1, a2, b1, b2, b3)}
-    a1.update_devices("alice", [1, 2])
-    a1.update_devices("bob", [1, 2, 3])
+    a1.update_devices("alice", ["1", "2"])
+    a1.update_devices("bob", ["1", "2", "3"])
     _fan_out(a1, "bob", everyone, b"hi bob")
     _fan_out(a1, "bob", everyone, b"second")
     # Bob's device 2 answers: to Alice's devices and Bob's own others.
-    b2.update_devices("bob", [1, 2, 3])
-    b2.update_devices("alice", [1, 2])
+    b2.update_devices("bob", ["1", "2", "3"])
+    b2.update_devices("alice", ["1", "2"])
     _fan_out(b2, "alice", everyone, b"hi alice")
 
 
@@ -50,17 +50,17 @@ def test_device_added_and_removed_without_losing_messages() -> None:
     a1 = make_device("alice", 1)
     b1, b2 = make_device("bob", 1), make_device("bob", 2)
     everyone = {m.address: m for m in (a1, b1, b2)}
-    a1.update_devices("bob", [1, 2])
+    a1.update_devices("bob", ["1", "2"])
     _fan_out(a1, "bob", everyone, b"one")
     in_flight = a1.encrypt_for_user("bob", b"in flight")
     # Bob adds device 3 and removes device 2; the server reports a stale device list.
     b3 = make_device("bob", 3)
     everyone[b3.address] = b3
-    missing = a1.update_devices("bob", [1, 3])
-    assert missing == [DeviceAddress("bob", 3)]
+    missing = a1.update_devices("bob", ["1", "3"])
+    assert missing == [DeviceAddress("bob", "3")]
     del everyone[b2.address]
     _fan_out(a1, "bob", everyone, b"two")
-    assert DeviceAddress("bob", 2) not in a1.records
+    assert DeviceAddress("bob", "2") not in a1.records
     # The message encrypted before the change still decrypts on every device it targeted.
     assert b1.decrypt(a1.address, in_flight[b1.address]) == b"in flight"
     assert b2.decrypt(a1.address, in_flight[b2.address]) == b"in flight"

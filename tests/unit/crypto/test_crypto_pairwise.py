@@ -230,7 +230,7 @@ def test_encrypt_without_session_raises_missing() -> None:
     alice = make_device("alice", 1)
     with pytest.raises(MissingSessionError) as e:
         alice.encrypt(make_device("bob", 7).address, b"x")
-    assert e.value.missing == [("bob", 7)]
+    assert e.value.missing == [("bob", "7")]
 
 
 OPS = st.lists(

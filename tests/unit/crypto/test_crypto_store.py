@@ -21,7 +21,7 @@ def test_state_file_created_with_mode_0600(tmp_path: pathlib.Path) -> None:
     """A new state file is readable and writable by its owner only."""
     path = tmp_path / "state.sqlite"
     with CryptoStore.open(path) as store:
-        store.save_device(Device.create("alice", 1))
+        store.save_device(Device.create("alice", "1"))
     assert file_mode(path) == 0o600
 
 
@@ -36,7 +36,7 @@ def test_existing_state_file_is_tightened_to_0600(tmp_path: pathlib.Path) -> Non
 
 def test_device_round_trip_keeps_working_sessions(tmp_path: pathlib.Path) -> None:
     """A saved and reloaded device continues its pairwise and group sessions."""
-    alice, bob = Device.create("alice", 1), Device.create("bob", 1)
+    alice, bob = Device.create("alice", "1"), Device.create("bob", "1")
     bob.prekey_upload(one_time=2, kem_one_time=1)
     alice.sessions.process_bundle(bundle_of(bob.sessions))
     a, b = alice.sessions.address, bob.sessions.address

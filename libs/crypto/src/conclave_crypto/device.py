@@ -46,7 +46,7 @@ class Device:
         return self.sessions.prekeys
 
     @classmethod
-    def create(cls, user_id: str, device_id: int, *, allow_non_pq: bool = False) -> Device:
+    def create(cls, user_id: str, device_id: str, *, allow_non_pq: bool = False) -> Device:
         """A brand-new device with a fresh identity, signed pre-key and last-resort KEM key."""
         identity = IdentityKeyPair.generate()
         store = PreKeyStore()

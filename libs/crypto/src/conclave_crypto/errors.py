@@ -40,7 +40,7 @@ class MissingSessionError(CryptoError):
         missing: the device addresses for which a pre-key bundle must be fetched.
     """
 
-    def __init__(self, missing: Sequence[tuple[str, int]]) -> None:
+    def __init__(self, missing: Sequence[tuple[str, str]]) -> None:
         super().__init__(f"no session for {len(missing)} device(s)")
         self.missing = list(missing)
 

@@ -162,7 +162,7 @@ class PreKeyBundle:
     """
 
     user_id: str
-    device_id: int
+    device_id: str
     identity: IdentityKey
     signed_prekey_id: int
     signed_prekey: bytes
@@ -207,7 +207,7 @@ class PreKeyBundle:
         out = (
             u8(PROTOCOL_VERSION)
             + lp(self.user_id.encode())
-            + u32(self.device_id)
+            + lp(self.device_id.encode())
             + self.identity.encode()
             + u32(self.signed_prekey_id)
             + self.signed_prekey
@@ -234,7 +234,7 @@ class PreKeyBundle:
             if r.u8() != PROTOCOL_VERSION:
                 raise InvalidKeyError("unknown bundle version")
             user_id = r.lp().decode()
-            device_id = r.u32()
+            device_id = r.lp().decode()
             identity = IdentityKey.from_bytes(r.take(IDENTITY_LEN))
             spk_id = r.u32()
             spk = r.take(X25519_PUB_LEN)
@@ -311,7 +311,7 @@ class PreKeyStore:
         self,
         identity: IdentityKeyPair,
         user_id: str,
-        device_id: int,
+        device_id: str,
         *,
         one_time_prekey_id: int | None = None,
         kem_prekey_id: int | None = None,

@@ -31,7 +31,7 @@ class DeviceAddress(NamedTuple):
     """A (user, device) pair."""
 
     user_id: str
-    device_id: int
+    device_id: str
 
 
 @dataclass
@@ -57,7 +57,7 @@ class SessionManager:
     def __init__(
         self,
         user_id: str,
-        device_id: int,
+        device_id: str,
         identity: IdentityKeyPair,
         prekeys: PreKeyStore | None = None,
         *,
@@ -74,7 +74,7 @@ class SessionManager:
         #: Addresses whose identity changed on receive: the UI must show a safety-number change.
         self.identity_changes: list[DeviceAddress] = []
         #: Known device ids per user (our own user included), maintained by update_devices.
-        self.devices: dict[str, set[int]] = {}
+        self.devices: dict[str, set[str]] = {}
         self.seen_base_keys: OrderedDict[bytes, None] = OrderedDict()
 
     # -- setup ------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class SessionManager:
         self.records.setdefault(addr, SessionRecord()).promote(session)
         self.devices.setdefault(addr.user_id, set()).add(addr.device_id)
 
-    def update_devices(self, user_id: str, device_ids: Iterable[int]) -> list[DeviceAddress]:
+    def update_devices(self, user_id: str, device_ids: Iterable[str]) -> list[DeviceAddress]:
         """Apply the authoritative device list of a user (e.g. after a stale-devices reply).
 
         Sessions of removed devices are deleted; returns the addresses that have no session
@@ -242,7 +242,7 @@ class SessionManager:
     def from_json(cls, d: JSON, identity: IdentityKeyPair, prekeys: PreKeyStore) -> SessionManager:
         """Inverse of :meth:`to_json`."""
         m = cls(
-            d["user_id"], int(d["device_id"]), identity, prekeys, allow_non_pq=d["allow_non_pq"]
+            d["user_id"], str(d["device_id"]), identity, prekeys, allow_non_pq=d["allow_non_pq"]
         )
         for user, dev, sessions in d["records"]:
             m.records[DeviceAddress(user, dev)] = SessionRecord(

@@ -4,7 +4,7 @@ The messaging server learns the recipient but not the sender of a 1:1 message. T
 identity travels inside the ciphertext, vouched for by a short-lived **sender certificate**
 signed by the auth service's Ed25519 key::
 
-    SenderCertificate = version(u8) || lp(user_id) || device_id(u32) || identity(64)
+    SenderCertificate = version(u8) || lp(user_id) || lp(device_id) || identity(64)
                         || expires_ms(u64) || server_key_id(u32) || signature(64)
     signature = Ed25519(server_key, SIG_SENDER_CERTIFICATE || all preceding bytes)
 
@@ -56,7 +56,7 @@ class SenderCertificate:
     """A server-signed statement "this identity key belongs to (user, device) until T"."""
 
     user_id: str
-    device_id: int
+    device_id: str
     identity: IdentityKey
     expires_ms: int
     server_key_id: int
@@ -66,7 +66,7 @@ class SenderCertificate:
         return (
             u8(PROTOCOL_VERSION)
             + lp(self.user_id.encode())
-            + u32(self.device_id)
+            + lp(self.device_id.encode())
             + self.identity.encode()
             + u64(self.expires_ms)
             + u32(self.server_key_id)
@@ -82,7 +82,7 @@ class SenderCertificate:
         server_key: Ed25519PrivateKey,
         server_key_id: int,
         user_id: str,
-        device_id: int,
+        device_id: str,
         identity: IdentityKey,
         expires_ms: int,
     ) -> SenderCertificate:
@@ -105,7 +105,7 @@ class SenderCertificate:
             user = r.lp().decode()
             cert = cls(
                 user,
-                r.u32(),
+                r.lp().decode(),
                 IdentityKey.from_bytes(r.take(IDENTITY_LEN)),
                 r.u64(),
                 r.u32(),

@@ -35,7 +35,7 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
         """CREATE TABLE identity (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             user_id TEXT NOT NULL,
-            device_id INTEGER NOT NULL,
+            device_id TEXT NOT NULL,
             keys TEXT NOT NULL,
             prekeys TEXT NOT NULL
         )""",

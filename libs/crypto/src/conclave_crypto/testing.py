@@ -8,7 +8,7 @@ from conclave_crypto.manager import DeviceAddress, SessionManager
 
 def make_device(
     user: str,
-    device: int,
+    device: str | int,
     *,
     one_time: int = 3,
     kem_one_time: int = 1,
@@ -22,7 +22,7 @@ def make_device(
     for _ in range(kem_one_time):
         store.generate_kem_prekey(ident, last_resort=False)
     store.generate_kem_prekey(ident, last_resort=True)
-    return SessionManager(user, device, ident, store, allow_non_pq=allow_non_pq)
+    return SessionManager(user, str(device), ident, store, allow_non_pq=allow_non_pq)
 
 
 def bundle_of(m: SessionManager, **kwargs: object) -> PreKeyBundle:

@@ -19,7 +19,7 @@ HERE = pathlib.Path(__file__).parent
 
 def main() -> None:
     """Create Alice and Bob, exchange messages, save Bob, record Alice's next messages."""
-    alice, bob = Device.create("alice", 1), Device.create("bob", 1)
+    alice, bob = Device.create("alice", "1"), Device.create("bob", "1")
     bob.prekey_upload(one_time=3, kem_one_time=1)
     alice.sessions.process_bundle(bundle_of(bob.sessions))
     bob.sessions.decrypt(alice.sessions.address, alice.sessions.encrypt(bob.sessions.address, b"1"))
@@ -36,9 +36,9 @@ def main() -> None:
         store.save_device(bob)
     expect = {
         "user_id": "bob",
-        "device_id": 1,
+        "device_id": "1",
         "identity": bob.identity.public.encode().hex(),
-        "peer": ["alice", 1],
+        "peer": ["alice", "1"],
         "pairwise": [
             [alice.sessions.encrypt(bob.sessions.address, b"after freeze").hex(), "after freeze"],
             [skipped.hex(), "skipped (delivered late)"],
