@@ -55,7 +55,7 @@ fmt: venv ## Apply ruff formatting and safe fixes.
 
 .PHONY: typecheck
 typecheck: $(PROTO_STAMP) ## mypy --strict over libs, services and tests.
-	$(BIN)/mypy --strict $$(find libs/*/src services/*/src -mindepth 1 -maxdepth 1 -type d ! -name conclave -printf '%p ') tests
+	$(BIN)/mypy --strict $(wildcard libs/*/src/conclave_* services/*/src/conclave_*) tests
 
 .PHONY: unit
 unit: $(PROTO_STAMP) ## Unit and vector tests only (no servers).

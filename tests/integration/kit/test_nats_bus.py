@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from conclave_devstack.infra import EmbeddedNats
+from conclave_kit.errors import Unavailable
 from conclave_kit.nats_bus import connect_nats, ensure_consumer, ensure_stream
 from nats.js import api
 
@@ -46,7 +47,5 @@ async def test_ensure_stream_is_idempotent_and_updates(nats_server: EmbeddedNats
 
 async def test_connect_gives_up_with_unavailable() -> None:
     """An unreachable NATS fails start-up with UNAVAILABLE after the deadline, not forever."""
-    from conclave_kit.errors import Unavailable
-
     with pytest.raises(Unavailable, match="NATS unreachable"):
         await connect_nats(["nats://127.0.0.1:1"], name="test", timeout_seconds=0.5)

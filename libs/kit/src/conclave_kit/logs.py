@@ -112,6 +112,9 @@ def _add_service(service: str) -> Any:
 
 
 def get_logger(name: str | None = None) -> Any:
-    """Returns a structlog logger (bound to ``logger=name`` when given)."""
-    log = structlog.get_logger()
-    return log.bind(logger=name) if name else log
+    """Returns a lazy structlog logger (with ``component=name`` when given).
+
+    Lazy matters: module-level loggers are created at import time, before
+    :func:`configure_logging` runs, and must still render with the final configuration.
+    """
+    return structlog.get_logger(component=name) if name else structlog.get_logger()

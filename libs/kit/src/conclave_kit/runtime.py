@@ -25,6 +25,7 @@ from pathlib import Path
 
 import asyncpg
 import grpc
+from conclave.common.v1 import account_data_pb2
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -40,6 +41,7 @@ from conclave_kit.interceptor import ServerInterceptor
 from conclave_kit.logs import configure_logging, get_logger
 from conclave_kit.migrations import MigrationError, apply_migrations, load_migrations
 from conclave_kit.nats_bus import connect_nats, ensure_stream, events_stream_config
+from conclave_kit.pending import add_service
 from conclave_kit.tokens import TokenVerifier
 
 _log = get_logger("conclave.runtime")
@@ -99,6 +101,9 @@ class ServiceSpec:
         register: Adds the service's servicers to the server.
         default_grpc_port: Dev default gRPC port.
         default_metrics_port: Dev default Prometheus port.
+        extra_setup: Start-up steps after Postgres and NATS connect (streams, consumers);
+            each may return an awaitable.
+        serves_account_data: True once the service registers its own AccountDataService.
     """
 
     name: str
@@ -108,6 +113,10 @@ class ServiceSpec:
     default_grpc_port: int
     default_metrics_port: int
     extra_setup: Sequence[Callable[[Resources], object]] = field(default=())
+    serves_account_data: bool = False
+
+
+ACCOUNT_DATA_SERVICE = account_data_pb2.DESCRIPTOR.services_by_name["AccountDataService"]
 
 
 class ServiceRuntime:
@@ -164,8 +173,20 @@ class ServiceRuntime:
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.spec.register(self._server, self.resources)
+        if not self.spec.serves_account_data:
+            add_service(
+                self._server,
+                ACCOUNT_DATA_SERVICE,
+                servicer=None,
+                capability="per-server export and purge (issue #7)",
+            )
         reflection.enable_server_reflection(
-            (*self.spec.grpc_services, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (
+                *self.spec.grpc_services,
+                ACCOUNT_DATA_SERVICE.full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
             self._server,
         )
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -249,8 +270,10 @@ class ServiceRuntime:
         _log.info("stopped")
 
 
-async def serve(runtime: ServiceRuntime) -> None:
-    """Starts the runtime and runs until SIGTERM or SIGINT, then shuts down gracefully."""
+async def serve(spec: ServiceSpec, config: ServiceConfig) -> None:
+    """Starts the service and runs until SIGTERM or SIGINT, then shuts down gracefully."""
+    # Built inside the running loop: grpc.aio objects bind to the loop that creates them.
+    runtime = ServiceRuntime(spec, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -286,7 +309,7 @@ def run_service(spec: ServiceSpec, environ: dict[str, str] | None = None) -> int
         return 2
     configure_logging(spec.name, config.log_level)
     try:
-        asyncio.run(serve(ServiceRuntime(spec, config)))
+        asyncio.run(serve(spec, config))
     except StartupError as err:
         _log.error("startup_failed", error=str(err))
         print(f"{program}: {err}", file=sys.stderr)

@@ -1,17 +1,19 @@
 """Wires the auth service: its servicer, schema and ports, handed to the kit's runtime."""
 
 import grpc
-from conclave.auth.v1 import auth_pb2, auth_pb2_grpc
+from conclave.auth.v1 import auth_pb2
+from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
 
-from conclave_auth.service import AuthServiceServicer
+from conclave_auth.service import PENDING, AuthServiceServicer
 
-GRPC_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name
+DESCRIPTOR = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
+GRPC_SERVICE = DESCRIPTOR.full_name
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> None:
     """Adds the auth servicer to ``server``."""
-    auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServiceServicer(resources), server)
+    add_service(server, DESCRIPTOR, AuthServiceServicer(resources), PENDING)
 
 
 SPEC = ServiceSpec(

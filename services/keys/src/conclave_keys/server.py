@@ -1,17 +1,19 @@
 """Wires the keys service: its servicer, schema and ports, handed to the kit's runtime."""
 
 import grpc
-from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
+from conclave.keys.v1 import keys_pb2
+from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
 
-from conclave_keys.service import KeyServiceServicer
+from conclave_keys.service import PENDING, KeyServiceServicer
 
-GRPC_SERVICE = keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name
+DESCRIPTOR = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
+GRPC_SERVICE = DESCRIPTOR.full_name
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> None:
     """Adds the keys servicer to ``server``."""
-    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServiceServicer(resources), server)
+    add_service(server, DESCRIPTOR, KeyServiceServicer(resources), PENDING)
 
 
 SPEC = ServiceSpec(

@@ -1,17 +1,19 @@
 """Wires the media service: its servicer, schema and ports, handed to the kit's runtime."""
 
 import grpc
-from conclave.media.v1 import media_pb2, media_pb2_grpc
+from conclave.media.v1 import media_pb2
+from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
 
-from conclave_media.service import MediaServiceServicer
+from conclave_media.service import PENDING, MediaServiceServicer
 
-GRPC_SERVICE = media_pb2.DESCRIPTOR.services_by_name["MediaService"].full_name
+DESCRIPTOR = media_pb2.DESCRIPTOR.services_by_name["MediaService"]
+GRPC_SERVICE = DESCRIPTOR.full_name
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> None:
     """Adds the media servicer to ``server``."""
-    media_pb2_grpc.add_MediaServiceServicer_to_server(MediaServiceServicer(resources), server)
+    add_service(server, DESCRIPTOR, MediaServiceServicer(resources), PENDING)
 
 
 SPEC = ServiceSpec(

@@ -1,18 +1,15 @@
 """gRPC layer of the media service: thin, translating requests to the domain and back.
 
 RPCs not defined here answer ``UNIMPLEMENTED`` naming what is missing (see
-:mod:`conclave_kit.pending`); each arrives with its capability's issue.
+:func:`conclave_kit.pending.add_service`); each arrives with its capability's issue.
 """
 
-from conclave.media.v1 import media_pb2, media_pb2_grpc
-from conclave_kit.pending import answer_unimplemented
 from conclave_kit.runtime import Resources
 
 PENDING = "encrypted attachment upload and download (issue #7)"
 
 
-@answer_unimplemented(media_pb2.DESCRIPTOR.services_by_name["MediaService"], PENDING)
-class MediaServiceServicer(media_pb2_grpc.MediaServiceServicer):
+class MediaServiceServicer:
     """Implements conclave.media.v1.MediaService.
 
     Args:

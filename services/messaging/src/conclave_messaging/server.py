@@ -1,19 +1,19 @@
 """Wires the messaging service: its servicer, schema and ports, handed to the kit's runtime."""
 
 import grpc
-from conclave.messaging.v1 import messaging_pb2, messaging_pb2_grpc
+from conclave.messaging.v1 import messaging_pb2
+from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
 
-from conclave_messaging.service import MessagingServiceServicer
+from conclave_messaging.service import PENDING, MessagingServiceServicer
 
-GRPC_SERVICE = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"].full_name
+DESCRIPTOR = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"]
+GRPC_SERVICE = DESCRIPTOR.full_name
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> None:
     """Adds the messaging servicer to ``server``."""
-    messaging_pb2_grpc.add_MessagingServiceServicer_to_server(
-        MessagingServiceServicer(resources), server
-    )
+    add_service(server, DESCRIPTOR, MessagingServiceServicer(resources), PENDING)
 
 
 SPEC = ServiceSpec(

@@ -1,19 +1,19 @@
 """Wires the retention service: its servicer, schema and ports, handed to the kit's runtime."""
 
 import grpc
-from conclave.retention.v1 import retention_pb2, retention_pb2_grpc
+from conclave.retention.v1 import retention_pb2
+from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
 
-from conclave_retention.service import RetentionServiceServicer
+from conclave_retention.service import PENDING, RetentionServiceServicer
 
-GRPC_SERVICE = retention_pb2.DESCRIPTOR.services_by_name["RetentionService"].full_name
+DESCRIPTOR = retention_pb2.DESCRIPTOR.services_by_name["RetentionService"]
+GRPC_SERVICE = DESCRIPTOR.full_name
 
 
 def register(server: grpc.aio.Server, resources: Resources) -> None:
     """Adds the retention servicer to ``server``."""
-    retention_pb2_grpc.add_RetentionServiceServicer_to_server(
-        RetentionServiceServicer(resources), server
-    )
+    add_service(server, DESCRIPTOR, RetentionServiceServicer(resources), PENDING)
 
 
 SPEC = ServiceSpec(
