@@ -47,7 +47,7 @@ from conclave_crypto.primitives import (
 
 TYPE_SEALED_ENVELOPE = 0x05
 #: Upper bound a client accepts for a certificate's remaining lifetime (clock-skew guard).
-MAX_CERTIFICATE_LIFETIME_MS = 7 * 24 * 3600 * 1000
+MAX_CERTIFICATE_LIFETIME_MS = 48 * 3600 * 1000
 _ZERO_NONCE = bytes(12)
 
 
