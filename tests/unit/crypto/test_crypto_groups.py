@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conclave_crypto.device import Device
 from conclave_crypto.errors import DecryptionError, MissingSessionError
 from conclave_crypto.manager import DeviceAddress, SessionManager
 from conclave_crypto.ratchet import MAX_FORWARD_JUMP
@@ -218,3 +219,33 @@ def test_group_random_delivery_decrypts_exactly_once(ops: list[str], rnd: random
         elif wire and op == "dup":
             wire.append(wire[rnd.randrange(len(wire))])
     assert b.gs.decrypt(a.addr, a.gs.encrypt("g1", b"end")) == ("g1", b"end")
+
+
+def test_device_helpers_distribute_and_remove_member() -> None:
+    """Device.distribute_sender_key / remove_group_member implement the removal protocol."""
+    devs = {name: Device.create(name, "d1") for name in ("ann", "ben", "cat")}
+    addrs = {n: d.sessions.address for n, d in devs.items()}
+    for a in devs.values():
+        for b in devs.values():
+            if a is not b and not a.sessions.has_session(b.sessions.address):
+                a.sessions.process_bundle(bundle_of(b.sessions))
+    for n, d in devs.items():
+        with pytest.raises(MissingSessionError):
+            d.distribute_sender_key("g", [DeviceAddress("nobody", "x")])
+        for to, wire in d.distribute_sender_key("g", addrs.values()).items():
+            receiver = devs[to.user_id]
+            assert receiver.receive_sender_key(addrs[n], wire) == "g"
+    ct = devs["ann"].groups.encrypt("g", b"all three")
+    assert devs["cat"].groups.decrypt(addrs["ann"], ct) == ("g", b"all three")
+    for n in ("ann", "ben"):
+        for to, wire in devs[n].remove_group_member("g", "cat", addrs.values()).items():
+            assert to.user_id != "cat"
+            devs[to.user_id].receive_sender_key(addrs[n], wire)
+    for n in ("ann", "ben"):
+        ct = devs[n].groups.encrypt("g", b"without cat")
+        other = "ben" if n == "ann" else "ann"
+        assert devs[other].groups.decrypt(addrs[n], ct) == ("g", b"without cat")
+        with pytest.raises(DecryptionError):
+            devs["cat"].groups.decrypt(addrs[n], ct)
+    with pytest.raises(DecryptionError):
+        devs["ann"].groups.decrypt(addrs["cat"], devs["cat"].groups.encrypt("g", b"still here?"))

@@ -11,10 +11,12 @@ This is the main entry point for the client SDK::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from conclave_crypto.errors import MissingSessionError
 from conclave_crypto.keys import IdentityKeyPair, KemPreKey, PreKeyStore, SignedPreKey
-from conclave_crypto.manager import SessionManager
+from conclave_crypto.manager import DeviceAddress, SessionManager
 from conclave_crypto.sender_keys import GroupSessions
 
 
@@ -70,3 +72,59 @@ class Device:
         return PreKeyUpload(
             self.identity.public.encode(), self.prekeys.signed_prekeys[spk_id], opks, kems
         )
+
+    # -- group helpers: sender-key distribution over pairwise sessions ------------------------
+    def distribute_sender_key(
+        self, group_id: str, members: Iterable[DeviceAddress], *, rotate: bool = False
+    ) -> dict[DeviceAddress, bytes]:
+        """Encrypt our sender-key distribution for ``group_id`` to each member device.
+
+        Args:
+            group_id: the group.
+            members: every member *device* (other users' and our own other devices).
+            rotate: start a fresh sender chain first (after a member left or was removed).
+
+        Returns:
+            One pairwise ciphertext per member device. The SDK must mark these as sender-key
+            distributions in its content framing so the receiver calls
+            :meth:`receive_sender_key`.
+
+        Raises:
+            MissingSessionError: if some member device has no pairwise session yet (nothing
+                is encrypted and the chain is not rotated in that case).
+        """
+        targets = [m for m in dict.fromkeys(members) if m != self.sessions.address]
+        missing = [m for m in targets if not self.sessions.has_session(m)]
+        if missing:
+            raise MissingSessionError(missing)
+        dist = self.groups.rotate(group_id) if rotate else self.groups.distribution(group_id)
+        return {m: self.sessions.encrypt(m, dist) for m in targets}
+
+    def receive_sender_key(self, sender: DeviceAddress, pairwise_ciphertext: bytes) -> str:
+        """Decrypt a pairwise message carrying a sender-key distribution and install it.
+
+        Returns:
+            The group id.
+
+        Raises:
+            DecryptionError: on any failure.
+        """
+        return self.groups.process_distribution(
+            sender, self.sessions.decrypt(sender, pairwise_ciphertext)
+        )
+
+    def remove_group_member(
+        self, group_id: str, removed_user: str, remaining: Iterable[DeviceAddress]
+    ) -> dict[DeviceAddress, bytes]:
+        """Apply a member removal: forget its chains, rotate ours, distribute to the rest.
+
+        Every remaining member device must do this before its next send to the group.
+
+        Returns:
+            The new distribution, encrypted per remaining member device.
+        """
+        remaining = [m for m in remaining if m.user_id != removed_user]
+        for key in [k for k in self.groups.received if k[0] == group_id]:
+            if key[1].user_id == removed_user:
+                self.groups.forget_member(group_id, key[1])
+        return self.distribute_sender_key(group_id, remaining, rotate=True)
