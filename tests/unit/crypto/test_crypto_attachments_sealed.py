@@ -12,6 +12,7 @@ from conclave_crypto.attachments import (
     decrypt_attachment,
     encrypt_attachment,
 )
+from conclave_crypto.device import Device
 from conclave_crypto.errors import DecryptionError, InvalidKeyError
 from conclave_crypto.primitives import attachment_bucket
 from conclave_crypto.sealed_sender import SenderCertificate, seal, unseal
@@ -119,3 +120,22 @@ def test_sealed_envelope_tampering_rejected() -> None:
             unseal(bob.identity, bytes(bad), TRUSTED, _now())
     with pytest.raises(DecryptionError):
         unseal(make_device("carol", 1).identity, env, TRUSTED, _now())
+
+
+def test_device_sealed_round_trip_and_identity_binding() -> None:
+    """Device.decrypt_sealed accepts only inner messages from the certified identity."""
+    alice, bob, mallory = (Device.create(n, "1") for n in ("alice", "bob", "mallory"))
+    alice.sessions.process_bundle(bundle_of(bob.sessions))
+    mallory.sessions.process_bundle(bundle_of(bob.sessions))
+    now = _now()
+    cert_a = SenderCertificate.issue(SERVER, 7, "alice", "1", alice.identity.public, now + 60_000)
+    env = alice.encrypt_sealed(bob.sessions.address, cert_a, b"sealed hi")
+    assert bob.decrypt_sealed(env, TRUSTED, now) == (alice.sessions.address, b"sealed hi")
+    # A (mis-)issued certificate naming "alice" with Mallory's identity cannot ride on
+    # Alice's session: the inner message must match the certified identity.
+    cert_m = SenderCertificate.issue(SERVER, 7, "alice", "1", mallory.identity.public, now + 60_000)
+    inner_from_alice = alice.sessions.encrypt(bob.sessions.address, b"x")
+    env2 = seal(mallory.identity, cert_m, bob.identity.public, inner_from_alice)
+    with pytest.raises(DecryptionError):
+        bob.decrypt_sealed(env2, TRUSTED, now)
+    assert bob.sessions.decrypt(alice.sessions.address, inner_from_alice) == b"x"

@@ -14,9 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from conclave_crypto.errors import MissingSessionError
 from conclave_crypto.keys import IdentityKeyPair, KemPreKey, PreKeyStore, SignedPreKey
 from conclave_crypto.manager import DeviceAddress, SessionManager
+from conclave_crypto.sealed_sender import SenderCertificate, seal, unseal
 from conclave_crypto.sender_keys import GroupSessions
 
 
@@ -128,3 +131,38 @@ class Device:
             if key[1].user_id == removed_user:
                 self.groups.forget_member(group_id, key[1])
         return self.distribute_sender_key(group_id, remaining, rotate=True)
+
+    # -- sealed sender ----------------------------------------------------------------------
+    def encrypt_sealed(
+        self, recipient: DeviceAddress, certificate: SenderCertificate, plaintext: bytes
+    ) -> bytes:
+        """Encrypt for one device and wrap it in a sealed-sender envelope.
+
+        Raises:
+            MissingSessionError: if there is no session with ``recipient``.
+        """
+        session = self.sessions.session(recipient)
+        if session is None:
+            raise MissingSessionError([recipient])
+        inner = session.encrypt(plaintext)
+        return seal(self.identity, certificate, session.remote_identity, inner)
+
+    def decrypt_sealed(
+        self, envelope: bytes, trusted_server_keys: dict[int, Ed25519PublicKey], now_ms: int
+    ) -> tuple[DeviceAddress, bytes]:
+        """Open a sealed envelope and decrypt its inner message.
+
+        The inner message must decrypt under a session whose remote identity is exactly the
+        certified one, so a certificate for one identity cannot carry another's messages.
+
+        Returns:
+            ``(certified sender address, plaintext)``.
+
+        Raises:
+            DecryptionError: on any failure.
+        """
+        opened = unseal(self.identity, envelope, trusted_server_keys, now_ms)
+        pt = self.sessions.decrypt(
+            opened.sender, opened.inner, expected_identity=opened.certificate.identity
+        )
+        return opened.sender, pt

@@ -163,28 +163,38 @@ class SessionManager:
         return {t: self.encrypt(t, plaintext) for t in targets}
 
     # -- receive ----------------------------------------------------------------------------
-    def decrypt(self, addr: DeviceAddress, data: bytes) -> bytes:
+    def decrypt(
+        self, addr: DeviceAddress, data: bytes, *, expected_identity: IdentityKey | None = None
+    ) -> bytes:
         """Decrypt a Message or PreKeyMessage from ``addr``.
+
+        Args:
+            addr: the sender's address (from the server envelope or a sender certificate).
+            data: the wire message.
+            expected_identity: if given (sealed sender), only a session with exactly this
+                remote identity may decrypt: the certificate and the session must agree.
 
         Raises:
             DecryptionError: on any failure; local state is unchanged in that case.
         """
         msg = WireMessage.parse(data)
         rec = self.records.get(addr)
+        sessions = list(rec.sessions) if rec is not None else []
+        if expected_identity is not None:
+            sessions = [s for s in sessions if s.remote_identity == expected_identity]
         if msg.init is not None:
-            if rec is not None:
-                for s in rec.sessions:
-                    if s.base_key == msg.init.ephemeral and s.remote_identity == msg.init.identity:
-                        pt = s.decrypt(msg)
-                        return pt
+            if expected_identity is not None and msg.init.identity != expected_identity:
+                raise DecryptionError
+            for s in sessions:
+                if s.base_key == msg.init.ephemeral and s.remote_identity == msg.init.identity:
+                    return s.decrypt(msg)
             return self._accept_new_session(addr, msg)
-        if rec is None:
-            raise DecryptionError
-        for s in rec.sessions:
+        for s in sessions:
             try:
                 pt = s.decrypt(msg)
             except DecryptionError:
                 continue
+            assert rec is not None
             if s is not rec.active:
                 rec.promote(s)
             return pt
