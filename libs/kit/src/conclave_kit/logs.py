@@ -27,6 +27,8 @@ _SECRET_NAME = re.compile(
 )
 _SECRET_VALUE = re.compile(
     r"(?i:bearer\s+)\S+"  # Authorization header values
+    # key=value secrets inside free text, e.g. exception messages and DSNs
+    r"|(?i:pass(?:word|wd)?|secret|token|api[_-]?key)\s*[=:]\s*[^\s,;\"'&]+"
     r"|eyJ[\w-]{8,}\.[\w-]{8,}\.[\w-]{8,}"  # JWTs (our access tokens)
     r"|otpauth://\S+"  # TOTP enrollment URIs carry the shared secret
     r"|[A-Za-z0-9+/_-]{40,}={0,2}"  # long base64/base64url blobs: keys, ciphertext

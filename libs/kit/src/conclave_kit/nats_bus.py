@@ -39,10 +39,13 @@ async def connect_nats(urls: Sequence[str], *, name: str, timeout_seconds: float
     Raises:
         Unavailable: NATS was not reachable before the deadline.
     """
+    holder: list[NatsClient] = []
 
     async def on_disconnected() -> None:
         metrics.DEPENDENCY_UP.labels("nats").set(0)
-        _log.warning("nats_disconnected")
+        # Draining at shutdown disconnects on purpose; only an unplanned loss is a warning.
+        planned = bool(holder) and (holder[0].is_draining or holder[0].is_closed)
+        (_log.info if planned else _log.warning)("nats_disconnected", planned=planned)
 
     async def on_reconnected() -> None:
         metrics.DEPENDENCY_UP.labels("nats").set(1)
@@ -71,6 +74,7 @@ async def connect_nats(urls: Sequence[str], *, name: str, timeout_seconds: float
                 ),
                 timeout=max(0.1, deadline - time.monotonic()),
             )
+            holder.append(client)
             metrics.DEPENDENCY_UP.labels("nats").set(1)
             _log.info("nats_connected")
             return client
