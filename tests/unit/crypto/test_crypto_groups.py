@@ -249,3 +249,50 @@ def test_device_helpers_distribute_and_remove_member() -> None:
             devs["cat"].groups.decrypt(addrs[n], ct)
     with pytest.raises(DecryptionError):
         devs["ann"].groups.decrypt(addrs["cat"], devs["cat"].groups.encrypt("g", b"still here?"))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["send", "deliver", "add", "remove"]), st.integers(0, 99)),
+        max_size=25,
+    )
+)
+def test_multi_device_churn_every_current_device_gets_every_message(
+    ops: list[tuple[str, int]],
+) -> None:
+    """Random device additions/removals between sends: each message reaches every device
+    that was listed when it was sent, exactly once, and never a removed device."""
+    alice = make_device("alice", "a1")
+    bob_devs: dict[str, SessionManager] = {"b1": make_device("bob", "b1")}
+    next_id = 2
+    alice.update_devices("bob", list(bob_devs))
+    queue: list[tuple[DeviceAddress, bytes, bytes]] = []
+    got: dict[DeviceAddress, list[bytes]] = {}
+    expected: dict[DeviceAddress, list[bytes]] = {}
+    for op, arg in ops:
+        if op == "add" and len(bob_devs) < 4:
+            dev_id = f"b{next_id}"
+            next_id += 1
+            bob_devs[dev_id] = make_device("bob", dev_id)
+        elif op == "remove" and len(bob_devs) > 1:
+            del bob_devs[sorted(bob_devs)[arg % len(bob_devs)]]
+        elif op == "send":
+            pt = f"m{arg}-{len(queue)}".encode()
+            for a in alice.update_devices("bob", list(bob_devs)):
+                alice.process_bundle(bundle_of(bob_devs[a.device_id]))
+            for a, data in alice.encrypt_for_user("bob", pt).items():
+                queue.append((a, data, pt))
+                expected.setdefault(a, []).append(pt)
+        elif op == "deliver" and queue:
+            a, data, pt = queue.pop(arg % len(queue))
+            if a.device_id in bob_devs:
+                got.setdefault(a, []).append(bob_devs[a.device_id].decrypt(alice.address, data))
+    for a, data, _ in queue:  # flush everything still in flight
+        if a.device_id in bob_devs:
+            got.setdefault(a, []).append(bob_devs[a.device_id].decrypt(alice.address, data))
+    for a, pts in expected.items():
+        if a.device_id in bob_devs:
+            assert sorted(got.get(a, [])) == sorted(pts)
+    alice.update_devices("bob", list(bob_devs))  # the server's latest list
+    assert set(alice.records) <= {DeviceAddress("bob", d) for d in bob_devs}

@@ -284,3 +284,19 @@ def test_random_interleavings_decrypt_exactly_once_and_converge(
     # Convergence: after the chaos both sides can still talk, in both directions.
     for snd, rcv in (peers["a"], peers["b"], peers["a"]):
         assert rcv.decrypt(snd.address, snd.encrypt(rcv.address, b"sync")) == b"sync"
+
+
+def test_signed_prekey_rotation_keeps_in_flight_first_messages() -> None:
+    """After SPK rotation an in-flight first message still decrypts until the old SPK is pruned."""
+    alice, bob, carol = make_device("alice", 1), make_device("bob", 1), make_device("carol", 1)
+    alice.process_bundle(bundle_of(bob))
+    carol.process_bundle(bundle_of(bob))
+    first_a = alice.encrypt(bob.address, b"from alice")
+    first_c = carol.encrypt(bob.address, b"from carol")
+    bob.prekeys.generate_signed_prekey(bob.identity)
+    assert bob.decrypt(alice.address, first_a) == b"from alice"
+    bob.prekeys.generate_signed_prekey(bob.identity)
+    assert len(bob.prekeys.prune_signed_prekeys(keep=2)) == 1
+    with pytest.raises(DecryptionError):
+        bob.decrypt(carol.address, first_c)
+    assert bob.prekeys.current_signed_prekey_id in bob.prekeys.signed_prekeys

@@ -286,6 +286,21 @@ class PreKeyStore:
         self.current_signed_prekey_id = kid
         return spk
 
+    def prune_signed_prekeys(self, keep: int = 2) -> list[int]:
+        """Delete all but the ``keep`` newest signed pre-keys (the current one always stays).
+
+        Old signed pre-keys are kept for a while after rotation so first messages still in
+        flight can be answered; pruning them bounds how long a stolen device's old SPK helps.
+
+        Returns:
+            The deleted key ids.
+        """
+        ids = sorted(self.signed_prekeys, reverse=True)
+        doomed = [i for i in ids[max(keep, 1) :] if i != self.current_signed_prekey_id]
+        for i in doomed:
+            del self.signed_prekeys[i]
+        return doomed
+
     def generate_one_time_prekeys(self, count: int) -> dict[int, bytes]:
         """Create ``count`` one-time X25519 pre-keys; returns id -> public key to upload."""
         out: dict[int, bytes] = {}
