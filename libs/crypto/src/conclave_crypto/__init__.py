@@ -10,6 +10,7 @@ Entry points:
 * :func:`encrypt_attachment` / :func:`decrypt_attachment` with :class:`AttachmentPointer`.
 * :func:`seal` / :func:`unseal` with :class:`SenderCertificate` — sealed sender.
 * :class:`SafetyNumber` — 60-digit fingerprint and QR payload.
+* :mod:`conclave_crypto.transparency` — key-transparency proof checks (``verify_binding``).
 * :class:`DecryptionError` — the single opaque error for every receive-side failure.
 """
 
