@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 
 import pytest
 from conclave_crypto import pqxdh
@@ -300,3 +301,24 @@ def test_signed_prekey_rotation_keeps_in_flight_first_messages() -> None:
     with pytest.raises(DecryptionError):
         bob.decrypt(carol.address, first_c)
     assert bob.prekeys.current_signed_prekey_id in bob.prekeys.signed_prekeys
+
+
+def test_large_legitimate_gap_memory_stays_bounded() -> None:
+    """Skipping 20,000 messages allocates memory for at most 2,000 stored keys."""
+    alice, bob = make_device("alice", 1), make_device("bob", 1)
+    connect(alice, bob)
+    bob.decrypt(alice.address, alice.encrypt(bob.address, b"first"))
+    for _ in range(20_000):
+        alice.encrypt(bob.address, b"")
+    last = alice.encrypt(bob.address, b"after the gap")
+    tracemalloc.start()
+    try:
+        assert bob.decrypt(alice.address, last) == b"after the gap"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    s = bob.session(alice.address)
+    assert s is not None and len(s.ratchet.skipped) == MAX_SKIPPED_KEYS
+    # 2,000 entries of ~(32 + 32)-byte keys plus dict/tuple overhead stay well below 2 MB,
+    # whereas keeping all 20,000 would need several MB.
+    assert peak < 2_000_000
