@@ -42,7 +42,7 @@ FLAG_KEM = 0x02
 
 @dataclass(frozen=True)
 class PQXDHInit:
-    """The initiator's PQXDH values carried in every PreKeyMessage (docs/protocol.md §6.2)."""
+    """The initiator's PQXDH values carried in every PreKeyMessage (docs/protocol.md §6)."""
 
     identity: IdentityKey
     ephemeral: bytes
