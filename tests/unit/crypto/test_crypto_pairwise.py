@@ -322,3 +322,19 @@ def test_large_legitimate_gap_memory_stays_bounded() -> None:
     # 2,000 entries of ~(32 + 32)-byte keys plus dict/tuple overhead stay well below 2 MB,
     # whereas keeping all 20,000 would need several MB.
     assert peak < 2_000_000
+
+
+def test_simultaneous_initiation_converges() -> None:
+    """Both sides starting a session at once still exchange every message (Sesame)."""
+    alice, bob = make_device("alice", 1), make_device("bob", 1)
+    alice.process_bundle(bundle_of(bob))
+    bob.process_bundle(bundle_of(alice))
+    a1 = alice.encrypt(bob.address, b"a1")
+    b1 = bob.encrypt(alice.address, b"b1")
+    assert bob.decrypt(alice.address, a1) == b"a1"
+    assert alice.decrypt(bob.address, b1) == b"b1"
+    for i in range(4):
+        assert bob.decrypt(alice.address, alice.encrypt(bob.address, b"x%d" % i)) == b"x%d" % i
+        assert alice.decrypt(bob.address, bob.encrypt(alice.address, b"y%d" % i)) == b"y%d" % i
+    sa, sb = alice.session(bob.address), bob.session(alice.address)
+    assert sa is not None and sb is not None and sa.base_key == sb.base_key
