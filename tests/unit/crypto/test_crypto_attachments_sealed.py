@@ -8,6 +8,8 @@ import time
 import pytest
 from conclave_crypto.attachments import (
     MIN_CHUNK_SIZE,
+    AttachmentDecryptor,
+    AttachmentEncryptor,
     AttachmentPointer,
     decrypt_attachment,
     encrypt_attachment,
@@ -139,3 +141,44 @@ def test_device_sealed_round_trip_and_identity_binding() -> None:
     with pytest.raises(DecryptionError):
         bob.decrypt_sealed(env2, TRUSTED, now)
     assert bob.sessions.decrypt(alice.sessions.address, inner_from_alice) == b"x"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.binary(max_size=6000),
+    st.sampled_from([MIN_CHUNK_SIZE, 2048]),
+    st.integers(min_value=1, max_value=3000),
+)
+def test_streaming_attachment_matches_in_memory_format(data: bytes, chunk: int, piece: int) -> None:
+    """Streaming encrypt/decrypt interoperate with the in-memory functions in both directions."""
+    enc = AttachmentEncryptor(len(data), chunk_size=chunk)
+    parts: list[bytes] = []
+    for i in range(0, len(data), piece):
+        parts += enc.update(data[i : i + piece])
+    tail, ptr = enc.finalize()
+    blob = b"".join(parts + tail)
+    assert decrypt_attachment(blob, ptr) == data
+    blob2, ptr2 = encrypt_attachment(data, chunk_size=chunk)
+    dec = AttachmentDecryptor(ptr2)
+    got = b"".join(dec.update(blob2[i : i + piece]) for i in range(0, len(blob2), piece))
+    assert got + dec.finalize() == data
+
+
+def test_streaming_decrypt_rejects_truncation_and_tampering() -> None:
+    """The streaming decryptor fails on a dropped last chunk, a flipped bit or a bad digest."""
+    data = b"z" * 5000
+    blob, ptr = encrypt_attachment(data, chunk_size=MIN_CHUNK_SIZE)
+    step = MIN_CHUNK_SIZE + 16
+    for bad in (blob[:-step], blob[:-1], blob[:100] + bytes([blob[100] ^ 1]) + blob[101:]):
+        dec = AttachmentDecryptor(ptr)
+        with pytest.raises(DecryptionError):
+            dec.update(bad)
+            dec.finalize()
+    dec = AttachmentDecryptor(AttachmentPointer(ptr.key, bytes(32), ptr.size))
+    dec.update(blob)
+    with pytest.raises(DecryptionError):
+        dec.finalize()
+    with pytest.raises(ValueError):
+        AttachmentEncryptor(10).update(b"x" * 11)
+    with pytest.raises(ValueError):
+        AttachmentEncryptor(10).finalize()
