@@ -25,9 +25,22 @@ def make_device(
     return SessionManager(user, str(device), ident, store, allow_non_pq=allow_non_pq)
 
 
-def bundle_of(m: SessionManager, **kwargs: object) -> PreKeyBundle:
+def bundle_of(
+    m: SessionManager,
+    *,
+    one_time_prekey_id: int | None = None,
+    kem_prekey_id: int | None = None,
+    include_kem: bool = True,
+) -> PreKeyBundle:
     """The bundle the keys service would hand out for ``m`` (wire round-tripped)."""
-    b = m.prekeys.bundle(m.identity, m.address.user_id, m.address.device_id, **kwargs)  # type: ignore[arg-type]
+    b = m.prekeys.bundle(
+        m.identity,
+        m.address.user_id,
+        m.address.device_id,
+        one_time_prekey_id=one_time_prekey_id,
+        kem_prekey_id=kem_prekey_id,
+        include_kem=include_kem,
+    )
     return PreKeyBundle.from_bytes(b.to_bytes())
 
 
