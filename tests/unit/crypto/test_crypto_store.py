@@ -81,11 +81,14 @@ def test_empty_and_garbage_files(tmp_path: pathlib.Path) -> None:
         CryptoStore.open(junk)
 
 
-def test_frozen_schema_1_state_file_loads_and_decrypts(tmp_path: pathlib.Path) -> None:
-    """The committed schema-1 file (written by v0.1.0) migrates, loads and decrypts."""
-    path = tmp_path / "state_v1.sqlite"
-    shutil.copyfile(DATA / "state_v1.sqlite", path)
-    expect = json.loads((DATA / "state_v1_expect.json").read_text())
+@pytest.mark.parametrize("version", [1, 2])
+def test_frozen_state_files_migrate_load_and_decrypt(tmp_path: pathlib.Path, version: int) -> None:
+    """Every committed frozen state file (schema 1 from v0.1.0, schema 2) migrates and decrypts."""
+    path = tmp_path / f"state_v{version}.sqlite"
+    shutil.copyfile(DATA / f"state_v{version}.sqlite", path)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == version
+    expect = json.loads((DATA / f"state_v{version}_expect.json").read_text())
     with CryptoStore.open(path) as store:
         assert store.schema_version == SCHEMA_VERSION
         dev = store.load_device()
@@ -97,3 +100,40 @@ def test_frozen_schema_1_state_file_loads_and_decrypts(tmp_path: pathlib.Path) -
     ct_hex, pt = expect["group"]
     assert dev.groups.decrypt(peer, bytes.fromhex(ct_hex)) == ("family", pt.encode())
     assert file_mode(path) == 0o600
+
+
+def test_migration_1_to_2_splits_rows(tmp_path: pathlib.Path) -> None:
+    """The 1->2 migration moves sessions and sender keys into one row each."""
+    path = tmp_path / "s.sqlite"
+    shutil.copyfile(DATA / "state_v1.sqlite", path)
+    CryptoStore.open(path).close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 1
+        assert raw.execute("SELECT COUNT(*) FROM own_sender_keys").fetchone()[0] == 1
+        assert raw.execute("SELECT COUNT(*) FROM received_sender_keys").fetchone()[0] == 1
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "sender_keys" not in tables
+        state = json.loads(raw.execute("SELECT state FROM session_manager").fetchone()[0])
+        assert "records" not in state
+
+
+def test_incremental_save_of_one_address(tmp_path: pathlib.Path) -> None:
+    """Saving only the touched address persists it and leaves other rows intact."""
+    alice = Device.create("alice", "1")
+    bob, carol = Device.create("bob", "1"), Device.create("carol", "1")
+    for peer in (bob, carol):
+        peer.prekey_upload(one_time=1, kem_one_time=1)
+        alice.sessions.process_bundle(bundle_of(peer.sessions))
+    path = tmp_path / "alice.sqlite"
+    with CryptoStore.open(path) as store:
+        store.save_device(alice)
+        msg = alice.sessions.encrypt(bob.sessions.address, b"one")
+        store.save_device(alice, addresses=[bob.sessions.address], groups=[])
+        alice.sessions.update_devices("carol", [])
+        store.save_device(alice, addresses=[carol.sessions.address], groups=[])
+    with CryptoStore.open(path) as store:
+        again = store.load_device()
+    assert set(again.sessions.records) == {bob.sessions.address}
+    assert bob.sessions.decrypt(alice.sessions.address, msg) == b"one"
+    nxt = again.sessions.encrypt(bob.sessions.address, b"two")
+    assert bob.sessions.decrypt(alice.sessions.address, nxt) == b"two"

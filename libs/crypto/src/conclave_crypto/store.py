@@ -4,6 +4,8 @@
 * The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` upgrades older
   files step by step inside one transaction; a file from a *newer* version is refused.
 * Values are JSON documents (hex for bytes) whose shape is each class's ``to_json``.
+  Schema 2 keeps one row per pairwise address and per (group, sender), so a client can
+  persist only what a message changed (``save_device(dev, addresses=[...], groups=[])``).
 * :meth:`CryptoStore.save_device` writes the whole device in one transaction, so a crash
   never leaves half-saved ratchet state (which could otherwise re-use message keys).
 """
@@ -15,17 +17,17 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from conclave_crypto.device import Device
 from conclave_crypto.errors import StateError
 from conclave_crypto.keys import IdentityKeyPair, PreKeyStore
-from conclave_crypto.manager import SessionManager
+from conclave_crypto.manager import DeviceAddress, SessionManager
 from conclave_crypto.sender_keys import GroupSessions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -45,8 +47,47 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Split the schema-1 blobs into one row per pairwise address and per sender chain set.
+
+    Lets a client persist just the session that changed after each message.
+    """
+    for statement in (
+        """CREATE TABLE sessions (
+            user_id TEXT NOT NULL, device_id TEXT NOT NULL, sessions TEXT NOT NULL,
+            PRIMARY KEY (user_id, device_id)
+        )""",
+        "CREATE TABLE own_sender_keys (group_id TEXT PRIMARY KEY, chain TEXT NOT NULL)",
+        """CREATE TABLE received_sender_keys (
+            group_id TEXT NOT NULL, user_id TEXT NOT NULL, device_id TEXT NOT NULL,
+            chains TEXT NOT NULL, PRIMARY KEY (group_id, user_id, device_id)
+        )""",
+    ):
+        db.execute(statement)
+    row = db.execute("SELECT state FROM session_manager WHERE id = 1").fetchone()
+    if row is not None:
+        state = json.loads(row[0])
+        for user, dev, sessions in state.pop("records"):
+            db.execute("INSERT INTO sessions VALUES (?, ?, ?)", (user, str(dev), _dumps(sessions)))
+        db.execute("UPDATE session_manager SET state = ? WHERE id = 1", (_dumps(state),))
+    row = db.execute("SELECT state FROM sender_keys WHERE id = 1").fetchone()
+    if row is not None:
+        groups = json.loads(row[0])
+        for gid, chain in groups["own"].items():
+            db.execute("INSERT INTO own_sender_keys VALUES (?, ?)", (gid, _dumps(chain)))
+        for gid, user, dev, chains in groups["received"]:
+            db.execute(
+                "INSERT INTO received_sender_keys VALUES (?, ?, ?, ?)",
+                (gid, user, str(dev), _dumps(chains)),
+            )
+    db.execute("DROP TABLE sender_keys")
+
+
 #: version N -> function migrating a version N file to N+1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _migrate_0_to_1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _migrate_0_to_1,
+    1: _migrate_1_to_2,
+}
 
 
 def _dumps(value: Any) -> str:
@@ -116,9 +157,26 @@ class CryptoStore:
         """Whether an identity has been saved."""
         return self._db.execute("SELECT 1 FROM identity").fetchone() is not None
 
-    def save_device(self, device: Device) -> None:
-        """Persist the whole device atomically (one transaction)."""
+    def save_device(
+        self,
+        device: Device,
+        *,
+        addresses: Iterable[DeviceAddress] | None = None,
+        groups: Iterable[str] | None = None,
+    ) -> None:
+        """Persist the device atomically (one transaction).
+
+        Args:
+            device: the device.
+            addresses: if given, only these pairwise session rows are rewritten (use after
+                encrypting/decrypting for a few addresses); None rewrites all of them.
+            groups: likewise for sender-key rows of these groups; None rewrites all.
+
+        Identity, pre-keys and the session manager's bookkeeping (known identities, device
+        lists, replay cache) are always written: they change with every first message.
+        """
         sm = device.sessions
+        gs = device.groups
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -131,13 +189,42 @@ class CryptoStore:
                     _dumps(sm.prekeys.to_json()),
                 ),
             )
-            db.execute(
-                "INSERT OR REPLACE INTO session_manager VALUES (1, ?)", (_dumps(sm.to_json()),)
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO sender_keys VALUES (1, ?)",
-                (_dumps(device.groups.to_json()),),
-            )
+            state = sm.to_json()
+            del state["records"]
+            db.execute("INSERT OR REPLACE INTO session_manager VALUES (1, ?)", (_dumps(state),))
+            if addresses is None:
+                db.execute("DELETE FROM sessions")
+                addresses = list(sm.records)
+            for a in addresses:
+                rec = sm.records.get(a)
+                if rec is None:
+                    db.execute(
+                        "DELETE FROM sessions WHERE user_id = ? AND device_id = ?",
+                        (a.user_id, a.device_id),
+                    )
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?)",
+                        (a.user_id, a.device_id, _dumps([x.to_json() for x in rec.sessions])),
+                    )
+            if groups is None:
+                db.execute("DELETE FROM own_sender_keys")
+                db.execute("DELETE FROM received_sender_keys")
+                groups = {*gs.own, *(g for g, _ in gs.received)}
+            for g in groups:
+                db.execute("DELETE FROM own_sender_keys WHERE group_id = ?", (g,))
+                db.execute("DELETE FROM received_sender_keys WHERE group_id = ?", (g,))
+                if g in gs.own:
+                    db.execute(
+                        "INSERT INTO own_sender_keys VALUES (?, ?)",
+                        (g, _dumps(gs.own[g].to_json())),
+                    )
+                for (gid, a), chains in gs.received.items():
+                    if gid == g:
+                        db.execute(
+                            "INSERT INTO received_sender_keys VALUES (?, ?, ?, ?)",
+                            (g, a.user_id, a.device_id, _dumps([c.to_json() for c in chains])),
+                        )
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('written_by', ?)",
                 (f"conclave-crypto schema {SCHEMA_VERSION}",),
@@ -153,16 +240,34 @@ class CryptoStore:
         Raises:
             StateError: if nothing was saved or the content is corrupt.
         """
-        row = self._db.execute("SELECT keys, prekeys FROM identity WHERE id = 1").fetchone()
-        sm_row = self._db.execute("SELECT state FROM session_manager WHERE id = 1").fetchone()
-        gs_row = self._db.execute("SELECT state FROM sender_keys WHERE id = 1").fetchone()
-        if row is None or sm_row is None or gs_row is None:
+        db = self._db
+        row = db.execute("SELECT keys, prekeys FROM identity WHERE id = 1").fetchone()
+        sm_row = db.execute("SELECT state FROM session_manager WHERE id = 1").fetchone()
+        if row is None or sm_row is None:
             raise StateError("no device saved in this state file")
         try:
             identity = IdentityKeyPair.from_json(json.loads(row[0]))
             prekeys = PreKeyStore.from_json(json.loads(row[1]))
-            sm = SessionManager.from_json(json.loads(sm_row[0]), identity, prekeys)
-            gs = GroupSessions.from_json(json.loads(gs_row[0]))
+            state = json.loads(sm_row[0])
+            state["records"] = [
+                [u, d, json.loads(v)]
+                for u, d, v in db.execute("SELECT user_id, device_id, sessions FROM sessions")
+            ]
+            sm = SessionManager.from_json(state, identity, prekeys)
+            gs = GroupSessions.from_json(
+                {
+                    "own": {
+                        g: json.loads(c)
+                        for g, c in db.execute("SELECT group_id, chain FROM own_sender_keys")
+                    },
+                    "received": [
+                        [g, u, d, json.loads(c)]
+                        for g, u, d, c in db.execute(
+                            "SELECT group_id, user_id, device_id, chains FROM received_sender_keys"
+                        )
+                    ],
+                }
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise StateError("corrupt state file") from exc
         return Device(sm, gs)

@@ -1,8 +1,10 @@
-"""Writes the frozen schema-1 state file used by test_crypto_store (run once, then commit).
+"""Writes the frozen state file of the *current* schema for test_crypto_store (run once).
 
-Usage: .venv/bin/python tests/unit/crypto/data/generate_state_v1.py
-Never regenerate it for a newer schema: add state_v2.sqlite beside it instead, so the
-migration from every released schema stays tested.
+Usage: .venv/bin/python tests/unit/crypto/data/generate_state.py
+It writes state_v{SCHEMA_VERSION}.sqlite and state_v{SCHEMA_VERSION}_expect.json and refuses
+to overwrite existing files: frozen files of released schemas are never regenerated, so the
+migration from every schema stays tested. (state_v1.sqlite was written by conclave-crypto
+0.1.0 with schema 1.)
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import pathlib
 
 from conclave_crypto.device import Device
-from conclave_crypto.store import CryptoStore
+from conclave_crypto.store import SCHEMA_VERSION, CryptoStore
 from conclave_crypto.testing import bundle_of
 
 HERE = pathlib.Path(__file__).parent
@@ -30,8 +32,10 @@ def main() -> None:
         alice.sessions.address, bob.sessions.decrypt(alice.sessions.address, dist)
     )
     bob.groups.distribution("family")
-    path = HERE / "state_v1.sqlite"
-    path.unlink(missing_ok=True)
+    path = HERE / f"state_v{SCHEMA_VERSION}.sqlite"
+    expect_path = HERE / f"state_v{SCHEMA_VERSION}_expect.json"
+    if path.exists() or expect_path.exists():
+        raise SystemExit(f"{path.name} exists: frozen files are never regenerated")
     with CryptoStore.open(path) as store:
         store.save_device(bob)
     expect = {
@@ -48,7 +52,7 @@ def main() -> None:
             "group after freeze",
         ],
     }
-    (HERE / "state_v1_expect.json").write_text(json.dumps(expect, indent=1) + "\n")
+    expect_path.write_text(json.dumps(expect, indent=1) + "\n")
 
 
 if __name__ == "__main__":
