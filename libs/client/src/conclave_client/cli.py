@@ -13,14 +13,29 @@ Conventions every command keeps (later commands extend this parser):
 from __future__ import annotations
 
 import argparse
+import getpass
+import io
 import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import datetime
+from typing import Any
 
+import segno
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from conclave_client.auth_client import (
+    AuditEntry,
+    AuthClient,
+    ClientError,
+    Registration,
+    SessionInfo,
+)
+from conclave_client.credentials import CredentialsError, CredentialStore
 from conclave_client.endpoints import Endpoints
 from conclave_client.status import check_all
 
@@ -31,6 +46,261 @@ EXIT_USAGE = 2
 
 class CliError(Exception):
     """A user-facing failure; printed as one line."""
+
+
+def make_auth_client(args: argparse.Namespace) -> AuthClient:
+    """The AuthService client for this invocation (tests replace this function).
+
+    Args:
+        args: Parsed arguments (``--host``).
+
+    Returns:
+        A client bound to ``$CONCLAVE_HOME``.
+    """
+    return AuthClient(Endpoints.resolve(args.host)["auth"], CredentialStore())
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def _iso(value: datetime | None) -> str | None:
+    """RFC 3339 UTC with second precision, or None."""
+    if value is None:
+        return None
+    return value.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _when(value: datetime | None) -> str:
+    """Short UTC time for tables."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _read_password(args: argparse.Namespace, confirm: bool) -> str:
+    """The password from one line of standard input, or from an interactive prompt.
+
+    Never prompts when ``--password-stdin`` is given, and refuses to prompt without a
+    terminal (so scripts fail instead of hanging).
+    """
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CliError("no password on standard input")
+        return password
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to prompt for the password (use --password-stdin)")
+    password = getpass.getpass("Password: ")
+    if not password:
+        raise CliError("empty password")
+    if confirm and getpass.getpass("Repeat password: ") != password:
+        raise CliError("the passwords do not match")
+    return password
+
+
+def _qr_text(uri: str) -> str | None:
+    """The URI as a terminal QR code (Unicode half blocks), or None if stdout can't show it."""
+    buffer = io.StringIO()
+    segno.make(uri, error="m").terminal(out=buffer, compact=True, border=2)
+    text = buffer.getvalue()
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return None
+    return text
+
+
+def _registration_json(reg: Registration) -> dict[str, Any]:
+    return {
+        "account_id": reg.account_id,
+        "username": reg.username,
+        "totp_secret": reg.totp_secret,
+        "otpauth_uri": reg.otpauth_uri,
+        "recovery_codes": list(reg.recovery_codes),
+        "enrollment_expire_time": _iso(reg.enrollment_expire_time),
+    }
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    password = _read_password(args, confirm=True)
+    with make_auth_client(args) as client:
+        reg = client.register(args.username, password)
+    if args.json:
+        _print_json(_registration_json(reg))
+        return EXIT_OK
+    out = sys.stdout
+    out.write(f"Account {reg.username} created (id {reg.account_id}).\n\n")
+    out.write("Add it to your authenticator app: scan the QR code or type the secret.\n")
+    qr = _qr_text(reg.otpauth_uri)
+    out.write(qr if qr is not None else "(this terminal cannot show the QR code)\n")
+    out.write(f"  secret: {reg.totp_secret}\n  URI:    {reg.otpauth_uri}\n\n")
+    out.write(
+        "Recovery codes: STORE THESE NOW in a safe place, apart from your authenticator.\n"
+        "They are shown only this once; each one logs you in once if you lose the\n"
+        "authenticator (they work after your first login confirms the authenticator).\n"
+    )
+    for code in reg.recovery_codes:
+        out.write(f"  {code}\n")
+    deadline = _when(reg.enrollment_expire_time)
+    out.write(
+        f"\nNext: conclave login {reg.username} --code CODE\n"
+        f"(the first login confirms the authenticator; an account not confirmed by "
+        f"{deadline} UTC is deleted)\n"
+    )
+    return EXIT_OK
+
+
+def _cmd_login(args: argparse.Namespace) -> int:
+    code: str | None = args.code
+    recovery: str | None = args.recovery_code
+    if code is None and recovery is None:
+        raise CliError("give the second factor: --code CODE or --recovery-code CODE")
+    password = _read_password(args, confirm=False)
+    with make_auth_client(args) as client:
+        result = client.login(
+            args.username,
+            password,
+            totp_code=code.strip() if code is not None else None,
+            recovery_code=recovery.strip() if recovery is not None else None,
+            device_name=args.device_name,
+        )
+    if args.json:
+        _print_json(
+            {
+                "account_id": result.account_id,
+                "username": result.username,
+                "session_id": result.session_id,
+                "device_id": result.device_id,
+                "new_device": result.new_device,
+                "approval_pending": result.approval_pending,
+                "totp_enrollment_confirmed": result.totp_enrollment_confirmed,
+                "recovery_codes_remaining": result.recovery_codes_remaining,
+                "session_expire_time": _iso(result.session_expire_time),
+            }
+        )
+        return EXIT_OK
+    device = "new device" if result.new_device else "device"
+    print(f"Logged in as {result.username} ({device} {result.device_id}).")
+    if result.totp_enrollment_confirmed:
+        print("Authenticator confirmed: your recovery codes are now active.")
+    if recovery is not None:
+        print(f"Recovery code used: {result.recovery_codes_remaining} left.")
+    if result.approval_pending:
+        print("This device waits for approval from one of your other devices.")
+    if result.session_expire_time is not None:
+        print(f"Session ends at the latest {_when(result.session_expire_time)} UTC.")
+    return EXIT_OK
+
+
+def _cmd_logout(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as client:
+        ended_now = client.logout(remove_device=args.remove_device)
+    if args.json:
+        _print_json(
+            {
+                "logged_out": True,
+                "device_removed": args.remove_device,
+                "session_already_ended": not ended_now,
+            }
+        )
+    elif ended_now:
+        print("Logged out" + (" and removed this device." if args.remove_device else "."))
+    else:
+        print("Logged out (the session had already ended on the server).")
+    return EXIT_OK
+
+
+def _session_json(s: SessionInfo) -> dict[str, Any]:
+    return {
+        "id": s.session_id,
+        "device": {"id": s.device_id, "name": s.device_name, "platform": s.platform},
+        "current": s.current,
+        "last_seen": _iso(s.last_seen),
+        "created": _iso(s.created),
+        "idle_expires": _iso(s.idle_expires),
+        "expires": _iso(s.expires),
+    }
+
+
+def _cmd_sessions(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as client:
+        sessions = client.list_sessions()
+    if args.json:
+        _print_json([_session_json(s) for s in sessions])
+        return EXIT_OK
+    table = Table(
+        title="Sessions (* = this one; times UTC)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("", no_wrap=True)
+    table.add_column("id", no_wrap=True, min_width=36)  # whole, for `sessions revoke ID`
+    table.add_column("device")
+    table.add_column("platform")
+    table.add_column("last seen", no_wrap=True)
+    for s in sessions:
+        last_seen = s.last_seen.strftime("%Y-%m-%d %H:%M") if s.last_seen else "-"
+        marker = "[green]*[/green]" if s.current else ""
+        table.add_row(marker, s.session_id, escape(s.device_name), s.platform, last_seen)
+    Console().print(table)
+    return EXIT_OK
+
+
+def _cmd_sessions_revoke(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as client:
+        if args.others:
+            count = client.revoke_other_sessions(remove_devices=args.remove_device)
+            if args.json:
+                _print_json({"revoked_count": count})
+            else:
+                print(f"Revoked {count} other session{'' if count == 1 else 's'}.")
+            return EXIT_OK
+        own = client.revoke_session(args.session_id, remove_device=args.remove_device)
+    if args.json:
+        _print_json({"revoked": args.session_id, "current": own})
+    else:
+        print(f"Revoked session {args.session_id}.")
+        if own:
+            print("That was this session: you are logged out.")
+    return EXIT_OK
+
+
+def _audit_json(e: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": e.event_id,
+        "kind": e.kind,
+        "time": _iso(e.time),
+        "session_id": e.session_id,
+        "device_id": e.device_id,
+        "device_name": e.device_name,
+        "detail": e.detail,
+    }
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as client:
+        events = client.audit(limit=args.limit, kinds=args.kind or ())
+    if args.json:
+        _print_json([_audit_json(e) for e in events])
+        return EXIT_OK
+    table = Table(title="Security events, newest first (UTC)", title_justify="left")
+    for column in ("time", "event", "device", "detail"):
+        table.add_column(column)
+    for e in events:
+        table.add_row(_when(e.time), e.kind, escape(e.device_name or "-"), escape(e.detail))
+    Console().print(table)
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -53,32 +323,116 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the full argument parser (exposed for tests and docs)."""
+
     # Global options are accepted before or after the command (`conclave status --json`);
-    # SUPPRESS keeps a subcommand's unset copy from overwriting the value given earlier.
+    # SUPPRESS keeps a subcommand's unset copy from overwriting the value given earlier. The
+    # top level gets its own copies with real defaults: argparse shares action objects with
+    # `parents`, so set_defaults() on the top level would reset the subcommands' copies too.
+    def global_options(target: argparse.ArgumentParser, top_level: bool) -> None:
+        target.add_argument(
+            "--json",
+            action="store_true",
+            default=False if top_level else argparse.SUPPRESS,
+            help="machine-readable output",
+        )
+        target.add_argument(
+            "--host",
+            default=None if top_level else argparse.SUPPRESS,
+            help="host running all five services on their dev ports (50051-50055)",
+        )
+
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
-    )
-    common.add_argument(
-        "--host",
-        default=argparse.SUPPRESS,
-        help="host running all five services on their dev ports (50051-50055)",
-    )
+    global_options(common, top_level=False)
     parser = argparse.ArgumentParser(
         prog="conclave",
-        parents=[common],
         description="Conclave end-to-end-encrypted messaging: command-line client.",
         epilog="State: $CONCLAVE_HOME (default ~/.conclave). "
         "Servers: --host or CONCLAVE_<SERVICE>_ADDR (default 127.0.0.1:50051-50055).",
     )
-    parser.set_defaults(json=False, host=None)
+    global_options(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     status = sub.add_parser(
         "status", parents=[common], help="health of every service (exit 1 if any unhealthy)"
     )
     status.add_argument("--timeout", type=float, default=2.0, help="seconds per service")
     status.set_defaults(handler=_cmd_status)
+    _add_auth_commands(sub, common)
     return parser
+
+
+def _add_auth_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Accounts and sessions: register, login, logout, sessions, audit."""
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (no prompt)",
+    )
+
+    register = sub.add_parser(
+        "register",
+        parents=[common, password],
+        help="create an account (prints the TOTP secret, QR code and recovery codes)",
+        description="Create an account. Shows the TOTP secret (and its QR code) for your "
+        "authenticator app and ten recovery codes; then run: conclave login USERNAME --code "
+        "CODE (the first login confirms the authenticator).",
+    )
+    register.add_argument("username", metavar="USERNAME")
+    register.set_defaults(handler=_cmd_register)
+
+    login = sub.add_parser(
+        "login",
+        parents=[common, password],
+        help="log in with password + TOTP code (or a recovery code)",
+    )
+    login.add_argument("username", metavar="USERNAME")
+    factor = login.add_mutually_exclusive_group()
+    factor.add_argument("--code", metavar="CODE", help="current 6-digit code of your authenticator")
+    factor.add_argument(
+        "--recovery-code", metavar="CODE", help="one unused recovery code (instead of --code)"
+    )
+    login.add_argument(
+        "--device-name", metavar="NAME", help="name of this device (default: HOSTNAME (cli))"
+    )
+    login.set_defaults(handler=_cmd_login)
+
+    logout = sub.add_parser("logout", parents=[common], help="end this session")
+    logout.add_argument(
+        "--remove-device",
+        action="store_true",
+        help="also remove this device and its keys (the next login is a new device)",
+    )
+    logout.set_defaults(handler=_cmd_logout)
+
+    sessions = sub.add_parser(
+        "sessions", parents=[common], help="list your sessions; 'sessions revoke' ends them"
+    )
+    sessions.set_defaults(handler=_cmd_sessions)
+    sessions_sub = sessions.add_subparsers(dest="sessions_command", metavar="ACTION")
+    revoke = sessions_sub.add_parser(
+        "revoke", parents=[common], help="end one session (ID) or all others (--others)"
+    )
+    target = revoke.add_mutually_exclusive_group(required=True)
+    target.add_argument("session_id", metavar="ID", nargs="?", help="session id to end")
+    target.add_argument("--others", action="store_true", help="end every other session")
+    revoke.add_argument(
+        "--remove-device", action="store_true", help="also remove the devices of those sessions"
+    )
+    revoke.set_defaults(handler=_cmd_sessions_revoke)
+
+    audit = sub.add_parser("audit", parents=[common], help="your security audit log")
+    audit.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="events to show (20)"
+    )
+    audit.add_argument(
+        "--kind",
+        action="append",
+        metavar="KIND",
+        help="only this kind of event, e.g. LOGIN_SUCCEEDED (repeatable)",
+    )
+    audit.set_defaults(handler=_cmd_audit)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -91,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     try:
         code = handler(args)
-    except CliError as err:
+    except (CliError, ClientError, CredentialsError) as err:
         print(f"conclave: error: {err}", file=sys.stderr)
         code = EXIT_ERROR
     except KeyboardInterrupt:
