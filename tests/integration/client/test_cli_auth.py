@@ -177,6 +177,17 @@ def test_register_login_sessions_audit_logout(auth_stack: RunningStack, tmp_path
     assert (gone.returncode, gone.stdout, gone.stderr) == (1, "", NOT_LOGGED_IN)
     assert alice.credentials()["device_id"] == login["device_id"]  # kept for the next login
 
+    # Logging in again (here with a recovery code) keeps the device.
+    again = alice.json(
+        "login", alice.username, "--recovery-code", reg["recovery_codes"][0], "--password-stdin",
+        stdin=alice.password + "\n",
+    )  # fmt: skip
+    assert again["device_id"] == login["device_id"] and again["new_device"] is False
+    assert again["recovery_codes_remaining"] == 9
+    assert alice.json("logout", "--remove-device")["device_removed"] is True
+    assert alice.credentials()["device_id"] == ""
+    assert alice.run("audit").stderr == NOT_LOGGED_IN
+
 
 def test_reused_refresh_token_ends_the_session(auth_stack: RunningStack, tmp_path: Path) -> None:
     bob = User(auth_stack, tmp_path / "bob")

@@ -312,3 +312,12 @@ def test_no_output_carries_a_token(fake: FakeAuthStub, run: Run, tmp_path: Path)
     for _, out, err in outputs:
         for secret in (stored["access_token"], stored["refresh_token"]):
             assert secret not in out and secret not in err
+
+
+def test_auth_address_from_environment_or_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONCLAVE_AUTH_ADDR", "auth.example:6000")
+    parser = cli.build_parser()
+    with cli.make_auth_client(parser.parse_args(["sessions"])) as client:
+        assert client.address == "auth.example:6000"
+    with cli.make_auth_client(parser.parse_args(["sessions", "--host", "h"])) as client:
+        assert client.address == "h:50051"

@@ -385,7 +385,8 @@ class AuthClient:
         else:
             base = Credentials(account_id=tokens.account_id, username=normalise_username(username))
         credentials = self._apply_tokens(base, tokens)
-        self.store.save(credentials)
+        with self.store.locked():
+            self.store.save(credentials)
         return LoginResult(
             account_id=tokens.account_id,
             username=credentials.username,
