@@ -26,6 +26,8 @@ def _spawn(service_env: dict[str, str], tmp_path: Path, **extra: str) -> subproc
             "CONCLAVE_KEYS_GRPC_PORT": "0",
             "CONCLAVE_KEYS_METRICS_PORT": "0",
             "CONCLAVE_KEYS_PORTS_FILE": str(tmp_path / "ports.json"),
+            # The keys service signs transparency-log heads; a throwaway key will do here.
+            "CONCLAVE_KEYS_ALLOW_EPHEMERAL_TREE_KEY": "true",
         }
     )
     env.update(extra)

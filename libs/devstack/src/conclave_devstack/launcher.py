@@ -58,6 +58,7 @@ SERVICES = (
     ServiceDef("retention", "conclave_retention", 50055, 9105),
 )
 TOKEN_KEY_ID = "dev-1"  # noqa: S105 - a key *id*, not a secret
+KT_KEY_FILE = "kt-tree-signing-ed25519.pem"  # keys service: transparency-log head signing key
 
 
 class LaunchError(Exception):
@@ -68,13 +69,16 @@ def _say(message: str) -> None:
     print(f"conclave: {message}", flush=True)
 
 
-def load_or_create_signing_key(secrets_dir: Path) -> Ed25519PrivateKey:
-    """Returns the dev token-signing key, created once (mode 0600).
+def load_or_create_signing_key(
+    secrets_dir: Path, filename: str = "token-signing-ed25519.pem"
+) -> Ed25519PrivateKey:
+    """Returns a dev Ed25519 signing key (default: the token key), created once (mode 0600).
 
-    The key is kept across restarts so sessions survive a restart of the stack.
+    The key is kept across restarts so sessions survive a restart of the stack (and, for
+    the key-transparency log key, so pinned clients keep verifying its heads).
     """
     secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = secrets_dir / "token-signing-ed25519.pem"
+    path = secrets_dir / filename
     if path.exists():
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
@@ -132,6 +136,7 @@ class Stack:
             self.postgres.start()
             database_url = self.postgres.url
         key = load_or_create_signing_key(self.data_dir / "secrets")
+        load_or_create_signing_key(self.data_dir / "secrets", KT_KEY_FILE)
         public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
@@ -154,6 +159,9 @@ class Stack:
                         self.data_dir / "secrets" / "token-signing-ed25519.pem"
                     ),
                     "CONCLAVE_TOKEN_SIGNING_KEY_ID": TOKEN_KEY_ID,
+                    "CONCLAVE_KEYS_TREE_SIGNING_KEY_FILE": str(
+                        self.data_dir / "secrets" / KT_KEY_FILE
+                    ),
                     f"{prefix}_GRPC_PORT": str(ports[svc.name][0]),
                     f"{prefix}_METRICS_PORT": str(ports[svc.name][1]),
                     f"{prefix}_PORTS_FILE": str(ports_file),
