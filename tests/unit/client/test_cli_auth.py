@@ -321,3 +321,29 @@ def test_auth_address_from_environment_or_host(monkeypatch: pytest.MonkeyPatch) 
         assert client.address == "auth.example:6000"
     with cli.make_auth_client(parser.parse_args(["sessions", "--host", "h"])) as client:
         assert client.address == "h:50051"
+
+
+def test_qr_code_skipped_when_terminal_cannot_show_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = "otpauth://totp/Conclave:alice?secret=JBSWY3DPEHPK3PXP&issuer=Conclave"
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="ascii"))
+    assert cli._qr_text(uri) is None
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(io.BytesIO(), encoding="utf-8"))
+    text = cli._qr_text(uri)
+    assert text is not None and text.count("\n") > 10
+
+
+def test_ended_session_is_one_line(fake: FakeAuthStub, run: Run, tmp_path: Path) -> None:
+    register_and_login(run)
+    path = tmp_path / "home" / "credentials.json"
+    data = json.loads(path.read_text())
+    for session in fake.sessions.values():
+        session.used_refresh_tokens.add(data["refresh_token"])
+    data["access_token_expire_time"] = "2000-01-01T00:00:00Z"
+    path.write_text(json.dumps(data))
+    code, out, err = run("sessions")
+    assert (code, out) == (1, "")
+    assert err == (
+        "conclave: error: session ended: its refresh token was used twice, so the server "
+        "revoked it (run: conclave login alice)\n"
+    )
+    assert run("sessions")[2] == "conclave: error: not logged in (run: conclave login USERNAME)\n"
