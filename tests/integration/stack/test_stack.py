@@ -158,6 +158,8 @@ def test_unbuilt_rpcs_say_what_is_missing(stack: RunningStack) -> None:
     fresh = _bearer(stack, roles=("operator",))
     for name in SERVICES:
         for service in (DESCRIPTORS[name], ACCOUNT_DATA):
+            if service is DESCRIPTORS["keys"]:
+                continue  # every KeyService RPC is built (issue #4); tests/integration/keys
             for method in service.methods:
                 err = _call(stack.grpc[name], service, method.name, fresh)
                 assert err.code() == grpc.StatusCode.UNIMPLEMENTED, (method.full_name, err)
