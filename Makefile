@@ -61,8 +61,12 @@ typecheck: $(PROTO_STAMP) ## mypy --strict over libs, services and tests.
 unit: $(PROTO_STAMP) ## Unit and vector tests only (no servers).
 	$(BIN)/pytest -q tests/unit tests/vectors
 
+.PHONY: k8s-check
+k8s-check: $(PROTO_STAMP) ## Render deploy/k8s overlays; validate schemas, policies, alerts, dashboard (offline).
+	$(BIN)/pytest -q -p no:cacheprovider tests/deploy
+
 .PHONY: test
-test: lint typecheck ## Everything CI runs: lint, types, unit + integration tests on real NATS + Postgres.
+test: lint typecheck k8s-check ## Everything CI runs: lint, types, k8s manifests, unit + integration tests on real NATS + Postgres.
 	$(BIN)/pytest -q
 
 .PHONY: run
