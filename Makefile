@@ -63,7 +63,7 @@ unit: $(PROTO_STAMP) ## Unit and vector tests only (no servers).
 
 .PHONY: k8s-check
 k8s-check: $(PROTO_STAMP) ## Render deploy/k8s overlays; validate schemas, policies, alerts, dashboard (offline).
-	$(BIN)/pytest -q -p no:cacheprovider tests/deploy
+	$(BIN)/pytest -q -p no:cacheprovider -m "not integration" tests/deploy
 
 .PHONY: test
 test: lint typecheck k8s-check ## Everything CI runs: lint, types, k8s manifests, unit + integration tests on real NATS + Postgres.

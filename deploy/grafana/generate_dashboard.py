@@ -34,6 +34,7 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SERVICES = 'job=~"conclave-(auth|keys|messaging|media|retention)"'
 SERVER_ERRORS = 'grpc_code=~"INTERNAL|UNAVAILABLE|UNKNOWN|DATA_LOSS|DEADLINE_EXCEEDED"'
 RATE = "$__rate_interval"
+ALL_RPCS = f"sum by (job) (rate(grpc_server_handled_total{{{SERVICES}}}[{RATE}]))"
 
 
 def _query(expr: str, legend: str, ref: str = "A") -> Dataquery:
@@ -181,9 +182,10 @@ def build() -> Dashboard:
                 "percentunit",
                 [
                     (
-                        "sum by (job) (rate(grpc_server_handled_total"
-                        f"{{{SERVICES},{SERVER_ERRORS}}}[{RATE}]))"
-                        f" / sum by (job) (rate(grpc_server_handled_total{{{SERVICES}}}[{RATE}]))",
+                        # "or 0 * all": a service without errors shows 0, not "No data".
+                        "(sum by (job) (rate(grpc_server_handled_total"
+                        f"{{{SERVICES},{SERVER_ERRORS}}}[{RATE}])) or 0 * {ALL_RPCS})"
+                        f" / {ALL_RPCS}",
                         "{{job}}",
                     )
                 ],

@@ -9,34 +9,23 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.deploy.manifests import K8S, ROOT, named, render
+from tests.deploy.manifests import named, render
+from tests.deploy.observability import (
+    EXISTING_METRICS,
+    GENERATOR,
+    PROMTOOL_TESTS,
+    alerts,
+    contract_metrics,
+    dashboard,
+    dashboard_exprs,
+    metric_names,
+    rule_groups,
+)
 
-DASHBOARD = K8S / "base" / "monitoring" / "dashboards" / "conclave.json"
-GENERATOR = ROOT / "deploy" / "grafana" / "generate_dashboard.py"
-PROMTOOL_TESTS = Path(__file__).parent / "promtool" / "alerts_test.yaml"
-
-# Exported today (libs/kit metrics, prometheus_client process collector, Prometheus itself,
-# the NATS exporter sidecar).
-EXISTING_METRICS = {
-    "up",
-    "grpc_server_started_total",
-    "grpc_server_handled_total",
-    "grpc_server_handling_seconds_bucket",
-    "conclave_build_info",
-    "conclave_dependency_up",
-    "process_cpu_seconds_total",
-    "process_resident_memory_bytes",
-    "gnatsd_varz_slow_consumers",
-}
-PROMQL_WORDS = {
-    "sum", "min", "max", "avg", "count", "by", "without", "rate", "increase", "irate",
-    "histogram_quantile", "absent", "or", "and", "unless", "offset", "on", "ignoring",
-}  # fmt: skip
 REQUIRED_ALERTS = {
     "ConclaveServiceDown",
     "ConclaveHighErrorRatio",
@@ -47,45 +36,6 @@ REQUIRED_ALERTS = {
     "ConclaveTotpFailureSpike",
     "ConclaveRefreshTokenReuse",
 }
-
-
-def _contract_metrics() -> set[str]:
-    text = (ROOT / "docs" / "deploy.md").read_text()
-    section = text.split("## Metrics contract", 1)[1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| `([a-z_:]+)`", section, re.MULTILINE))
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names used in a PromQL expression (label matchers and groupings removed)."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)
-    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)
-    names = set()
-    for match in re.finditer(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
-        word, call = match.group(1), match.group(2)
-        if not call and word not in PROMQL_WORDS:
-            names.add(word)
-    return names
-
-
-def _dashboard() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return data
-
-
-def _dashboard_exprs() -> list[str]:
-    return [t["expr"] for p in _dashboard()["panels"] for t in p.get("targets", [])]
-
-
-def _rule_groups() -> list[dict[str, Any]]:
-    rule = named(render("base"), "PrometheusRule", "conclave")
-    groups: list[dict[str, Any]] = rule["spec"]["groups"]
-    return groups
-
-
-def _alerts() -> dict[str, str]:
-    return {r["alert"]: r["expr"] for g in _rule_groups() for r in g["rules"] if "alert" in r}
 
 
 def test_metric_names_helper() -> None:
@@ -111,8 +61,8 @@ def test_dashboard_json_matches_its_generator() -> None:
 
 def test_dashboard_has_the_panels_operators_need() -> None:
     """Latency by group size, deliveries, devices, backlog, RPCs, auth failures, purge lag."""
-    dashboard = _dashboard()
-    titles = " | ".join(p["title"] for p in dashboard["panels"])
+    board = dashboard()
+    titles = " | ".join(p["title"] for p in board["panels"])
     for needed in (
         "Send → push latency by group size",
         "Deliveries / s",
@@ -125,9 +75,9 @@ def test_dashboard_has_the_panels_operators_need() -> None:
         "Purge lag",
     ):
         assert needed in titles
-    ids = [p["id"] for p in dashboard["panels"]]
+    ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
-    for panel in dashboard["panels"]:
+    for panel in board["panels"]:
         if panel["type"] != "row":
             assert panel["datasource"]["uid"] == "${datasource}"
             assert panel["targets"], panel["title"]
@@ -137,16 +87,16 @@ def test_dashboard_ships_as_a_sidecar_configmap() -> None:
     """The dashboard ConfigMap carries Grafana's sidecar label and the generated JSON."""
     cm = named(render("overlays/prod"), "ConfigMap", "conclave-grafana-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-    assert json.loads(cm["data"]["conclave.json"]) == _dashboard()
+    assert json.loads(cm["data"]["conclave.json"]) == dashboard()
 
 
 def test_queries_use_existing_or_contracted_metrics() -> None:
     """Every metric in an alert or panel is exported today or listed in the contract."""
-    contract = _contract_metrics()
+    contract = contract_metrics()
     assert len(contract) >= 7
     known = EXISTING_METRICS | contract
     used: set[str] = set()
-    for expr in [*_alerts().values(), *_dashboard_exprs()]:
+    for expr in [*alerts().values(), *dashboard_exprs()]:
         names = metric_names(expr)
         assert names, expr
         # A histogram is exported as <name>_bucket, _sum and _count.
@@ -160,9 +110,9 @@ def test_queries_use_existing_or_contracted_metrics() -> None:
 
 def test_alerts_cover_the_failure_modes() -> None:
     """Service down, errors, fan-out, backlog, slow consumers, purge lag, auth abuse."""
-    alerts = _alerts()
-    assert set(alerts) >= REQUIRED_ALERTS
-    for group in _rule_groups():
+    names = set(alerts())
+    assert names >= REQUIRED_ALERTS
+    for group in rule_groups():
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in {"warning", "critical"}
             assert {"summary", "description"} <= set(rule["annotations"])
@@ -173,13 +123,13 @@ def test_alerts_cover_the_failure_modes() -> None:
         for case in test.get("alert_rule_test", [])
         if case["exp_alerts"]
     }
-    assert fired == set(alerts), set(alerts) - fired
+    assert fired == names, names - fired
 
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
     """The PrometheusRule's groups as a plain rules file, next to the promtool tests."""
-    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": _rule_groups()}))
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump({"groups": rule_groups()}))
     shutil.copy(PROMTOOL_TESTS, tmp_path / "alerts_test.yaml")
     return tmp_path
 
