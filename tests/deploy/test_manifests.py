@@ -368,6 +368,9 @@ def test_prod_is_highly_available() -> None:
         assert keys == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
         for constraint in spread:
             assert labels_match(constraint["labelSelector"], _pod_labels(deployment))
+            if constraint["whenUnsatisfiable"] == "DoNotSchedule":
+                # Otherwise tainted nodes count as empty domains and block scheduling.
+                assert constraint["nodeTaintsPolicy"] == "Honor"
     assert config_value(objs, "conclave-common", "CONCLAVE_NATS_STREAM_REPLICAS") == "3"
     nats = named(objs, "StatefulSet", "nats")
     assert nats["spec"]["replicas"] == 3
@@ -436,3 +439,27 @@ def test_kustomize_trees_list_every_file() -> None:
     for path in K8S.rglob("*"):
         if path.is_file() and path.name not in ("kustomization.yaml", "README.md"):
             assert path.resolve() in referenced, path.relative_to(ROOT)
+
+
+def _quantity(value: str | int) -> float:
+    """A Kubernetes quantity (``500m``, ``1``, ``512Mi``, ``2Gi``) as a plain number."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "MiB": 2**20}
+    text = str(value)
+    for suffix in sorted(units, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * units[suffix]
+    return float(text)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_requests_fit_within_limits(target: str) -> None:
+    """Requests never exceed limits, and the Go runtime's GOMEMLIMIT sits below NATS' limit."""
+    for workload, container in containers(render(target)):
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        resources = container["resources"]
+        for kind in ("cpu", "memory"):
+            assert _quantity(resources["requests"][kind]) <= _quantity(resources["limits"][kind])
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        if "GOMEMLIMIT" in env:
+            limit = _quantity(resources["limits"]["memory"])
+            assert 0.8 * limit <= _quantity(env["GOMEMLIMIT"]) < limit, where
