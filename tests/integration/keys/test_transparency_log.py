@@ -271,3 +271,50 @@ async def test_rebuild_detects_a_tampered_leaf(keys: KeysHarness) -> None:
     finally:
         await pool.execute(tamper, original, size - 1)
     assert await _auditor(keys).audit_log() == []
+
+
+async def test_client_verify_account_end_to_end(keys: KeysHarness, tmp_path: Path) -> None:
+    """verify_account proves every device of an account and detects a server gone backwards."""
+    bob = Device()
+    sibling = bob.sibling()
+    await keys.publish(bob)
+    await keys.publish(sibling)
+    viewer = Device()
+    pinned = await _pinned(keys)
+    store = kt.TrustedHeadStore(tmp_path / "kt-heads.json")
+    server = f"127.0.0.1:{keys.runtime.grpc_port}"
+
+    async def verify(into: kt.TrustedHeadStore) -> list[kt.VerifiedDevice]:
+        return await kt.verify_account(
+            keys.stub,
+            bob.account_id,
+            pinned_log_key=pinned,
+            server=server,
+            store=into,
+            metadata=keys.auth(viewer),
+        )
+
+    found = await verify(store)
+    assert sorted(d.device_id for d in found) == sorted((bob.device_id, sibling.device_id))
+    mine = next(d for d in found if d.device_id == bob.device_id)
+    assert mine.signing_public_key == bob.identity().signing_public_key
+    assert len(mine.digest.replace(" ", "")) == 64
+    # Later verifications move the remembered head forward through consistency proofs.
+    await keys.publish(Device())
+    again = await verify(store)
+    remembered = store.last(server)
+    assert remembered is not None and remembered.tree_size == again[0].tree_size
+    assert again[0].tree_size > found[0].tree_size
+    # This client once saw (validly signed) a larger tree: the server's latest is a rollback.
+    signer = TreeHeadSigner(keys.config.tree_signing_key)
+    future = signer.sign(remembered.tree_size + 10, remembered.timestamp_ms + 1, bytes(32))
+    other = kt.TrustedHeadStore(tmp_path / "other.json")
+    other.update(
+        server,
+        kt.TreeHead(future.tree_size, future.root_hash, future.timestamp_ms, future.key_id,
+                    future.signature),
+        [],
+        pinned,
+    )  # fmt: skip
+    with pytest.raises(kt.RollbackError):
+        await verify(other)

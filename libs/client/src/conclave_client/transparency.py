@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from conclave.keys.v1 import keys_pb2
+from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -399,3 +399,101 @@ class TrustedHeadStore:
             heads[server] = head
             self._write(heads)
             return head
+
+
+@dataclass(frozen=True)
+class VerifiedDevice:
+    """An identity key whose binding was proven in the log.
+
+    Attributes:
+        device_id: The device (UUID).
+        signing_public_key: Ed25519 half of the identity (32 bytes).
+        agreement_public_key: X25519 half of the identity (32 bytes).
+        leaf_index: The binding's ADD/ROTATE leaf.
+        tree_size: Size of the verified head the proof was checked against.
+    """
+
+    device_id: str
+    signing_public_key: bytes
+    agreement_public_key: bytes
+    leaf_index: int
+    tree_size: int
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of Encode(IK) in groups of four hex digits (for display and comparison)."""
+        value = hashlib.sha256(self.signing_public_key + self.agreement_public_key).hexdigest()
+        return " ".join(value[i : i + 4] for i in range(0, len(value), 4))
+
+
+async def verify_account(
+    stub: keys_pb2_grpc.KeyServiceAsyncStub,
+    account_id: str,
+    *,
+    pinned_log_key: bytes,
+    server: str,
+    store: TrustedHeadStore,
+    metadata: Sequence[tuple[str, str]],
+) -> list[VerifiedDevice]:
+    """Fetches an account's identity keys and proves each binding against the log.
+
+    For every device: the inclusion proof of its binding under the latest head, the head's
+    signature, and the head's consistency with the last head this client verified from
+    ``server`` (which is then remembered). Any failure raises; nothing partial is returned.
+
+    Args:
+        stub: KeyService stub on an async channel.
+        account_id: Whose keys to verify.
+        pinned_log_key: The log's Ed25519 public key from configuration.
+        server: Name of the key server in ``store`` (e.g. ``host:port``).
+        store: The persisted last verified heads.
+        metadata: Call metadata carrying the access token.
+
+    Raises:
+        TransparencyError: A signature, inclusion or consistency check failed (including
+            :class:`RollbackError` and :class:`EquivocationError`).
+        grpc.aio.AioRpcError: A call failed.
+    """
+    reply = await stub.LookupIdentityKeys(
+        keys_pb2.LookupIdentityKeysRequest(account_id=account_id), metadata=metadata
+    )
+    verified: list[VerifiedDevice] = []
+    for device in reply.devices:
+        key = device.identity_key
+        proof = await stub.GetInclusionProof(
+            keys_pb2.GetInclusionProofRequest(
+                binding=keys_pb2.LogBinding(
+                    account_id=account_id, device_id=device.device_id, identity_key=key
+                )
+            ),
+            metadata=metadata,
+        )
+        head = verify_binding(
+            proof,
+            pinned_log_key,
+            account_id=account_id,
+            device_id=device.device_id,
+            signing_public_key=bytes(key.signing_public_key),
+            agreement_public_key=bytes(key.agreement_public_key),
+        )
+        last = store.last(server)
+        consistency: list[bytes] = []
+        if last is not None and 0 < last.tree_size < head.tree_size:
+            answer = await stub.GetConsistencyProof(
+                keys_pb2.GetConsistencyProofRequest(
+                    first_tree_size=last.tree_size, second_tree_size=head.tree_size
+                ),
+                metadata=metadata,
+            )
+            consistency = [bytes(h) for h in answer.proof]
+        store.update(server, head, consistency, pinned_log_key)
+        verified.append(
+            VerifiedDevice(
+                device_id=device.device_id,
+                signing_public_key=bytes(key.signing_public_key),
+                agreement_public_key=bytes(key.agreement_public_key),
+                leaf_index=proof.leaf_index,
+                tree_size=head.tree_size,
+            )
+        )
+    return verified
