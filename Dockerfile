@@ -12,6 +12,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: generate the gRPC code, then install the services into /opt/conclave ----------
 FROM ${PYTHON_IMAGE} AS build
+SHELL ["/bin/bash", "-o", "errexit", "-o", "nounset", "-o", "pipefail", "-c"]
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     UV_NO_CACHE=1 \
@@ -27,9 +28,9 @@ RUN rm -f .gitignore
 # Code generation needs grpcio-tools (dev group of the lock file) in a throwaway venv.
 RUN uv sync --locked --only-group dev \
  && rm -rf libs/proto/src/conclave \
- && .venv/bin/python -m grpc_tools.protoc -Iproto \
-      --python_out=libs/proto/src --grpc_python_out=libs/proto/src \
-      $(find proto -name '*.proto' | sort)
+ && find proto -name '*.proto' -print0 | sort -z \
+  | xargs -0 .venv/bin/python -m grpc_tools.protoc -Iproto \
+      --python_out=libs/proto/src --grpc_python_out=libs/proto/src
 # Runtime venv: third-party packages exactly as locked (hashes checked), then the workspace
 # members the services need, as regular (non-editable) wheels. The dev stack (embedded
 # NATS and PostgreSQL binaries), the client and the crypto library stay out of the image.
