@@ -38,13 +38,20 @@ def test_kustomize_renders_unique_objects(target: str) -> None:
     assert [key for key, count in keys.items() if count > 1] == []
 
 
+# The oldest Kubernetes docs/deploy.md supports (preStop sleep, matchLabelKeys) and the newest.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("target", TARGETS)
-def test_builtin_kinds_pass_kubernetes_validate_strict(target: str, tmp_path: Path) -> None:
+def test_builtin_kinds_pass_kubernetes_validate_strict(
+    target: str, version: str, tmp_path: Path
+) -> None:
     """kubernetes-validate --strict accepts every built-in object; only CRDs lack a schema."""
     path = tmp_path / "rendered.yaml"
     path.write_text(rendered_text(target))
     result = subprocess.run(
-        [tool("kubernetes-validate"), "--strict", str(path)],
+        [tool("kubernetes-validate"), "--strict", "-k", version, str(path)],
         capture_output=True,
         text=True,
         check=False,
