@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TypeAlias
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from conclave_kit.errors import Unavailable
 from conclave_kit.logs import get_logger
 
 _log = get_logger("conclave.database")
+
+# What store functions accept: a plain connection or one borrowed from a pool.
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
 async def create_pool(

@@ -90,6 +90,13 @@ class RateLimiter:
         missing = cost - float(available or 0.0)
         return max(missing / limit.refill_per_second, 0.001)
 
+    async def available(self, limit: Limit, key: str) -> float:
+        """Tokens in the bucket now (full capacity for a bucket never used)."""
+        value = await self._pool.fetchval(
+            _PEEK, f"{limit.name}:{key}", float(limit.capacity), float(limit.refill_per_second)
+        )
+        return float(limit.capacity) if value is None else float(value)
+
     async def take(self, limit: Limit, key: str, cost: float = 1.0) -> None:
         """Takes ``cost`` tokens or raises.
 

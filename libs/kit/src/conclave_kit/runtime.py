@@ -19,7 +19,8 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from conclave_kit import metrics
-from conclave_kit.auth import AuthGate, RevocationCheck
+from conclave_kit.auth import AuthGate
 from conclave_kit.config import ConfigError, ServiceConfig
 from conclave_kit.database import create_pool
 from conclave_kit.errors import ConclaveError, Unavailable
@@ -42,6 +43,7 @@ from conclave_kit.logs import configure_logging, get_logger
 from conclave_kit.migrations import MigrationError, apply_migrations, load_migrations
 from conclave_kit.nats_bus import connect_nats, ensure_stream, events_stream_config
 from conclave_kit.pending import add_service
+from conclave_kit.revocations import RevocationList
 from conclave_kit.tokens import TokenVerifier
 
 _log = get_logger("conclave.runtime")
@@ -61,9 +63,18 @@ class Resources:
     """
 
     config: ServiceConfig
+    revocations: RevocationList = field(default_factory=RevocationList)
     _pool: asyncpg.Pool | None = None
     _nats: NatsClient | None = None
     _js: JetStreamContext | None = None
+    _on_shutdown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_shutdown(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Runs ``callback`` at shutdown after RPCs drained, before NATS and Postgres close.
+
+        For background tasks a service starts in its set-up (relays, consumers).
+        """
+        self._on_shutdown.append(callback)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -125,11 +136,11 @@ class ServiceRuntime:
     Args:
         spec: The service.
         config: Its settings.
-        is_revoked: Session revocation hook handed to the auth gate.
+        clock: Unix time for token checks (tests that move time pass theirs).
     """
 
     def __init__(
-        self, spec: ServiceSpec, config: ServiceConfig, is_revoked: RevocationCheck | None = None
+        self, spec: ServiceSpec, config: ServiceConfig, clock: Callable[[], float] = time.time
     ) -> None:
         self.spec = spec
         self.config = config
@@ -139,7 +150,8 @@ class ServiceRuntime:
         gate = AuthGate(
             TokenVerifier(config.token_verify_keys),
             fresh_auth_seconds=config.fresh_auth_seconds,
-            is_revoked=is_revoked,
+            is_revoked=self.resources.revocations.is_revoked,
+            clock=clock,
         )
         self._server = grpc.aio.server(
             interceptors=[ServerInterceptor(gate, ready=lambda: self._ready)],
@@ -227,6 +239,7 @@ class ServiceRuntime:
         )
         res._js = res._nats.jetstream()
         await ensure_stream(res._js, events_stream_config(cfg.stream_replicas))
+        await res.revocations.subscribe(res._js)
         for setup in self.spec.extra_setup:
             result = setup(res)
             if asyncio.iscoroutine(result):
@@ -253,6 +266,11 @@ class ServiceRuntime:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.config.shutdown_grace_seconds)
         res = self.resources
+        for callback in reversed(res._on_shutdown):
+            try:
+                await callback()
+            except Exception as err:  # keep shutting down; say what failed
+                _log.warning("shutdown_callback_failed", error_type=type(err).__name__)
         if res._nats is not None and not res._nats.is_closed:
             try:
                 await asyncio.wait_for(res._nats.drain(), timeout=5)
@@ -290,20 +308,32 @@ async def serve(spec: ServiceSpec, config: ServiceConfig) -> None:
     await runtime.stop()
 
 
-def run_service(spec: ServiceSpec, environ: dict[str, str] | None = None) -> int:
+def run_service(
+    spec: ServiceSpec,
+    environ: dict[str, str] | None = None,
+    *,
+    config: ServiceConfig | None = None,
+) -> int:
     """Console entry point shared by all services. Returns the process exit code.
+
+    Args:
+        spec: The service.
+        environ: Environment to read instead of ``os.environ``.
+        config: Already-loaded settings (services with settings of their own load them
+            first, reporting their own ConfigError the same way).
 
     Exit codes: 0 clean shutdown, 2 bad configuration, 1 failed start-up. Errors are one
     line on stderr prefixed with the program name.
     """
     program = f"conclave-{spec.name}"
     try:
-        config = ServiceConfig.from_env(
-            spec.name,
-            default_grpc_port=spec.default_grpc_port,
-            default_metrics_port=spec.default_metrics_port,
-            environ=environ,
-        )
+        if config is None:
+            config = ServiceConfig.from_env(
+                spec.name,
+                default_grpc_port=spec.default_grpc_port,
+                default_metrics_port=spec.default_metrics_port,
+                environ=environ,
+            )
     except ConfigError as err:
         print(f"{program}: configuration error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,128 @@
+"""Auth-specific settings (on top of the kit's :class:`ServiceConfig`).
+
+Session timeouts come in profiles so an operator picks a policy, not six numbers:
+
+=============  ============  ==================  ====================================
+profile        idle timeout  absolute lifetime   for
+=============  ============  ==================  ====================================
+``standard``   14 days       90 days             consumer-style messaging
+``enterprise`` 30 minutes    12 hours            NIST SP 800-63B AAL2 reauthentication
+=============  ============  ==================  ====================================
+
+Each value can still be overridden (``CONCLAVE_AUTH_IDLE_TIMEOUT_SECONDS``,
+``CONCLAVE_AUTH_ABSOLUTE_LIFETIME_SECONDS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conclave_kit.config import ConfigError, Env, ServiceConfig
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+PROFILES = {
+    "standard": (14 * 24 * 3600.0, 90 * 24 * 3600.0),
+    "enterprise": (30 * 60.0, 12 * 3600.0),
+}
+# OWASP Password Storage Cheat Sheet minimum for Argon2id: m = 19 MiB, t = 2, p = 1.
+ARGON2_MIN_MEMORY_KIB = 19 * 1024
+ARGON2_MIN_TIME_COST = 2
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Settings of the auth service.
+
+    Attributes:
+        service: Common settings (ports, database, NATS, token verification keys).
+        signing_key_id: Key id of the access-token signing key (JWT ``kid``).
+        signing_key: Ed25519 private key that signs access tokens.
+        access_token_seconds: Access-token lifetime.
+        idle_timeout_seconds: A session unused this long ends.
+        absolute_lifetime_seconds: A session ends this long after login regardless of use.
+        device_cap: Maximum devices per account.
+        enrollment_seconds: How long an unconfirmed registration waits for its TOTP code.
+        password_min_length: Minimum password length in characters.
+        argon2_memory_kib: Argon2id memory cost (at least OWASP's 19 MiB).
+        argon2_time_cost: Argon2id iterations (at least 2).
+        argon2_parallelism: Argon2id lanes.
+    """
+
+    service: ServiceConfig
+    signing_key_id: str
+    signing_key: Ed25519PrivateKey = field(repr=False)
+    access_token_seconds: int
+    idle_timeout_seconds: float
+    absolute_lifetime_seconds: float
+    device_cap: int
+    enrollment_seconds: float
+    password_min_length: int
+    argon2_memory_kib: int
+    argon2_time_cost: int
+    argon2_parallelism: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AuthConfig:
+        """Reads all auth settings.
+
+        Raises:
+            ConfigError: A setting is missing or malformed (one line naming it).
+        """
+        env = Env(environ)
+        service = ServiceConfig.from_env(
+            "auth", default_grpc_port=50051, default_metrics_port=9101, environ=environ
+        )
+        key_id = env.text("CONCLAVE_TOKEN_SIGNING_KEY_ID")
+        key_file = env.text("CONCLAVE_TOKEN_SIGNING_KEY_FILE")
+        try:
+            key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"CONCLAVE_TOKEN_SIGNING_KEY_FILE: cannot read an Ed25519 PEM key ({err})"
+            ) from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError("CONCLAVE_TOKEN_SIGNING_KEY_FILE: not an Ed25519 private key")
+        if key_id not in service.token_verify_keys:
+            raise ConfigError(
+                "CONCLAVE_TOKEN_VERIFY_KEYS: must include the signing key id "
+                f"{key_id!r} so other services accept its tokens"
+            )
+        profile = env.choice("CONCLAVE_AUTH_SESSION_PROFILE", "standard", tuple(PROFILES))
+        idle_default, absolute_default = PROFILES[profile]
+        idle = env.seconds("CONCLAVE_AUTH_IDLE_TIMEOUT_SECONDS", idle_default, minimum=60)
+        absolute = env.seconds(
+            "CONCLAVE_AUTH_ABSOLUTE_LIFETIME_SECONDS", absolute_default, minimum=60
+        )
+        if absolute < idle:
+            raise ConfigError(
+                "CONCLAVE_AUTH_ABSOLUTE_LIFETIME_SECONDS: must be at least the idle timeout"
+            )
+        return cls(
+            service=service,
+            signing_key_id=key_id,
+            signing_key=key,
+            access_token_seconds=env.integer(
+                "CONCLAVE_AUTH_ACCESS_TOKEN_SECONDS", 300, minimum=30, maximum=3600
+            ),
+            idle_timeout_seconds=idle,
+            absolute_lifetime_seconds=absolute,
+            device_cap=env.integer("CONCLAVE_AUTH_DEVICE_CAP", 8, minimum=1, maximum=100),
+            enrollment_seconds=env.seconds(
+                "CONCLAVE_AUTH_ENROLLMENT_SECONDS", 24 * 3600.0, minimum=60
+            ),
+            password_min_length=env.integer(
+                "CONCLAVE_AUTH_PASSWORD_MIN_LENGTH", 12, minimum=8, maximum=128
+            ),
+            argon2_memory_kib=env.integer(
+                "CONCLAVE_AUTH_ARGON2_MEMORY_KIB", 64 * 1024, minimum=ARGON2_MIN_MEMORY_KIB
+            ),
+            argon2_time_cost=env.integer(
+                "CONCLAVE_AUTH_ARGON2_TIME_COST", 3, minimum=ARGON2_MIN_TIME_COST, maximum=20
+            ),
+            argon2_parallelism=env.integer(
+                "CONCLAVE_AUTH_ARGON2_PARALLELISM", 4, minimum=1, maximum=16
+            ),
+        )

@@ -1,0 +1,184 @@
+"""Authorization of every AuthService RPC: no token, revoked token, another user's data;
+and revocation reaching another service within one second."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import grpc
+import pytest
+from conclave.auth.v1 import auth_pb2 as A
+from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
+from conclave_kit.config import ServiceConfig
+from conclave_kit.pending import add_service
+from conclave_kit.runtime import ServiceRuntime, ServiceSpec
+from conclave_kit.tokens import TokenSigner
+from google.protobuf import message_factory
+
+from tests.integration.auth.conftest import AuthHarness, bearer, unique
+from tests.support import trailers
+
+pytestmark = pytest.mark.integration
+AUTH = A.DESCRIPTOR.services_by_name["AuthService"]
+PUBLIC = {
+    "Register",
+    "ConfirmTotpEnrollment",
+    "Login",
+    "RefreshSession",
+    "GetTokenVerificationKeys",
+}
+
+
+async def _invoke(
+    auth: AuthHarness, name: str, metadata: tuple[tuple[str, str], ...]
+) -> grpc.StatusCode:
+    method = AUTH.methods_by_name[name]
+    request = message_factory.GetMessageClass(method.input_type)()
+    call = getattr(auth.stub, name)
+    try:
+        await call(request, metadata=metadata)
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+async def test_every_session_rpc_rejects_missing_and_revoked_tokens(auth: AuthHarness) -> None:
+    """All non-public RPCs: UNAUTHENTICATED without a token and with a revoked one."""
+    tokens = await auth.user(unique("olga"))
+    await auth.stub.Logout(A.LogoutRequest(), metadata=bearer(tokens))
+    for method in AUTH.methods:
+        if method.name in PUBLIC:
+            continue
+        assert await _invoke(auth, method.name, ()) == grpc.StatusCode.UNAUTHENTICATED, method.name
+        assert (
+            await _invoke(auth, method.name, bearer(tokens)) == grpc.StatusCode.UNAUTHENTICATED
+        ), method.name
+
+
+async def test_other_users_sessions_and_devices_are_not_reachable(auth: AuthHarness) -> None:
+    """Ids of another account's sessions and devices are NOT_FOUND, and nothing changes."""
+    mine = await auth.user(unique("pam"))
+    theirs = await auth.user(unique("quinn"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await auth.stub.RevokeSession(
+            A.RevokeSessionRequest(session_id=theirs.session_id), metadata=bearer(mine)
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await auth.stub.RenameDevice(
+            A.RenameDeviceRequest(device_id=theirs.device_id, name="pwned"), metadata=bearer(mine)
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    listed = await auth.stub.ListSessions(A.ListSessionsRequest(), metadata=bearer(theirs))
+    assert [s.device.name for s in listed.sessions] == ["laptop"]
+    audit = await auth.stub.ListAuditEvents(A.ListAuditEventsRequest(), metadata=bearer(mine))
+    assert {e.session_id for e in audit.events} - {"", mine.session_id} == set()
+
+
+async def test_fresh_rpcs_need_recent_authentication(auth: AuthHarness) -> None:
+    """ChangePassword needs auth_time within 10 minutes; Reauthenticate renews it."""
+    name = unique("rita")
+    tokens = await auth.user(name)
+    # The token a session carries an hour after login (refreshes keep the login's auth_time).
+    signer = TokenSigner(auth.config.signing_key_id, auth.config.signing_key)
+    refreshed = signer.mint(
+        account_id=tokens.account_id,
+        device_id=tokens.device_id,
+        session_id=tokens.session_id,
+        auth_time=int(time.time()) - 3600,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await auth.stub.ChangePassword(
+            A.ChangePasswordRequest(new_password="another long passphrase 7"),
+            metadata=bearer(refreshed),
+        )
+    assert stale.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert trailers(stale.value)["conclave-error-reason"] == "FRESH_AUTH_REQUIRED"
+    auth.next_step()
+    step_up = await auth.stub.Reauthenticate(
+        A.ReauthenticateRequest(
+            password="correct horse battery staple 42", totp_code=auth.code(auth.users[name])
+        ),
+        metadata=bearer(refreshed),
+    )
+    changed = await auth.stub.ChangePassword(
+        A.ChangePasswordRequest(new_password="another long passphrase 7", end_other_sessions=True),
+        metadata=bearer(step_up.access_token),
+    )
+    assert changed.revoked_count == 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await auth.stub.Reauthenticate(
+            A.ReauthenticateRequest(password="wrong wrong wrong 1", totp_code="123456"),
+            metadata=bearer(step_up.access_token),
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_revocation_reaches_another_service_within_one_second(
+    auth: AuthHarness, service_env: dict[str, str]
+) -> None:
+    """After RevokeSession, a different service rejects the session's token in < 1 s."""
+    keys_desc = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
+
+    class Counts:
+        async def GetPrekeyCounts(self, request: object, context: object) -> object:
+            return keys_pb2.GetPrekeyCountsResponse()
+
+    verify_keys = auth.runtime.config.token_verify_keys
+    env = {
+        **service_env,
+        "CONCLAVE_TOKEN_VERIFY_KEYS": ",".join(
+            f"{kid}:" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+            for kid, raw in verify_keys.items()
+        ),
+        "CONCLAVE_OTHER_GRPC_PORT": "0",
+        "CONCLAVE_OTHER_METRICS_PORT": "0",
+    }
+    config = ServiceConfig.from_env(
+        "other", default_grpc_port=0, default_metrics_port=0, environ=env
+    )
+    other = ServiceRuntime(
+        ServiceSpec(
+            name="other",
+            grpc_services=(keys_desc.full_name,),
+            migrations_package="tests.integration.kit.fixture_migrations_a",
+            register=lambda server, res: add_service(server, keys_desc, Counts(), "test"),
+            default_grpc_port=0,
+            default_metrics_port=0,
+        ),
+        config,
+    )
+    await other.start()
+    try:
+        # Both sessions at real time (the other service's clock): the second device logs
+        # in with a recovery code instead of waiting for the next TOTP step.
+        name = unique("sam")
+        registration = await auth.register(name)
+        victim = (await auth.login(name, "stolen laptop")).tokens
+        owner = (
+            await auth.login(name, "phone", recovery_code=registration.recovery_codes[0])
+        ).tokens
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.grpc_port}") as channel:
+            stub = keys_pb2_grpc.KeyServiceStub(channel)
+            await stub.GetPrekeyCounts(keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(victim))
+            await auth.stub.RevokeSession(
+                A.RevokeSessionRequest(session_id=victim.session_id), metadata=bearer(owner)
+            )
+            started = time.monotonic()
+            while True:
+                try:
+                    await stub.GetPrekeyCounts(
+                        keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(victim)
+                    )
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+                    break
+                assert time.monotonic() - started < 1.0, "revocation took longer than 1 s"
+                await asyncio.sleep(0.01)
+            elapsed = time.monotonic() - started
+            await stub.GetPrekeyCounts(keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(owner))
+        assert elapsed < 1.0
+    finally:
+        await other.stop()
