@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import time
 import uuid
 from collections.abc import Awaitable
@@ -13,6 +15,7 @@ from conclave.common.v1 import types_pb2
 from conclave.events.v1 import events_pb2
 from conclave.keys.v1 import keys_pb2
 from conclave_devstack.infra import EmbeddedNats
+from conclave_kit.logs import configure_logging
 from conclave_kit.ratelimit import Limit
 
 from tests.integration.keys.conftest import Device, KeysHarness, StartKeys, kem_public, make_config
@@ -435,13 +438,22 @@ async def test_device_removed_event_from_auth_removes_keys(keys: KeysHarness) ->
 
 
 async def test_republish_is_idempotent_and_rotation_replaces_prekeys(keys: KeysHarness) -> None:
-    """Same identity again: same leaf. New identity: ROTATE leaf, old prekeys gone."""
+    """Same identity again: same leaf, no key revived. New identity: ROTATE, old prekeys gone."""
     bob = Device()
     request = bob.publish_request(one_time=3)
     first = await keys.stub.PublishIdentityKey(request, metadata=keys.auth(bob))
+    (claimed,) = await _claim(keys, Device(), bob)
+    assert claimed.one_time_prekey.key_id == 1
+    # A retry after a lost response: same leaf, and the claimed key does not come back.
     retry = await keys.stub.PublishIdentityKey(request, metadata=keys.auth(bob))
     assert retry.leaf_index == first.leaf_index
-    assert (await _counts(keys, bob)).one_time_prekeys == 3
+    assert (await _counts(keys, bob)).one_time_prekeys == 2
+    handed = [(await _claim(keys, Device(), bob))[0].one_time_prekey.key_id for _ in range(2)]
+    assert handed == [2, 3]
+    await keys.stub.UploadPrekeys(
+        keys_pb2.UploadPrekeysRequest(one_time_prekeys=bob.one_time(range(4, 7))),
+        metadata=keys.auth(bob),
+    )
     reinstalled = Device(
         account_id=bob.account_id, device_id=bob.device_id, session_id=bob.session_id
     )
@@ -452,3 +464,44 @@ async def test_republish_is_idempotent_and_rotation_replaces_prekeys(keys: KeysH
     assert bundle.identity_key == reinstalled.identity()
     assert bundle.leaf_index == rotated.leaf_index
     assert len(kem_public()) == 1568
+
+
+async def test_no_key_material_in_logs(keys: KeysHarness) -> None:
+    """Publishing, uploading, claiming, proving and removing log no key bytes in any encoding."""
+    logs = io.StringIO()
+    configure_logging("keys", "debug", stream=logs)
+    try:
+        bob = Device()
+        request = bob.publish_request(one_time=2, pq_one_time=2)
+        await keys.stub.PublishIdentityKey(request, metadata=keys.auth(bob))
+        upload = keys_pb2.UploadPrekeysRequest(signed_prekey=bob.signed_prekey(9))
+        await keys.stub.UploadPrekeys(upload, metadata=keys.auth(bob))
+        await _claim(keys, Device(), bob)
+        bad = bob.publish_request()
+        bad.signed_prekey.signature = bytes(64)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await keys.stub.PublishIdentityKey(bad, metadata=keys.auth(bob))
+        await keys.stub.RemoveDeviceKeys(
+            keys_pb2.RemoveDeviceKeysRequest(), metadata=keys.auth(bob)
+        )
+    finally:
+        configure_logging("keys", "info")
+    text = logs.getvalue()
+    assert "identity_published" in text and "device_keys_removed" in text
+    secrets = [
+        request.identity_key.signing_public_key,
+        request.identity_key.agreement_public_key,
+        request.signed_prekey.public_key,
+        request.signed_prekey.signature,
+        request.one_time_prekeys[0].public_key,
+        request.pq_one_time_prekeys[0].public_key[:48],
+        upload.signed_prekey.public_key,
+    ]
+    for value in secrets:
+        for shown in (
+            value.hex(),
+            base64.b64encode(value).decode()[:40],
+            base64.urlsafe_b64encode(value).decode()[:40],
+            repr(value)[2:30],
+        ):
+            assert shown not in text

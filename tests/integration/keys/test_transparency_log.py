@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable
 from pathlib import Path
 
 import grpc
 import pytest
+from conclave.common.v1 import types_pb2
+from conclave.events.v1 import events_pb2
 from conclave.keys.v1 import keys_pb2
 from conclave_client import transparency as kt
 from conclave_keys.manager import KeyManager
@@ -318,3 +321,53 @@ async def test_client_verify_account_end_to_end(keys: KeysHarness, tmp_path: Pat
     )  # fmt: skip
     with pytest.raises(kt.RollbackError):
         await verify(other)
+
+
+async def test_account_erasure_keeps_only_leaf_hashes(keys: KeysHarness) -> None:
+    """account.deleted erases keys and leaf contents, keeps hashes, and reports completion."""
+    bob = Device()
+    published = await keys.publish(bob, one_time=3)
+    await keys.publish(bob.sibling())
+    viewer = Device()
+    js = keys.runtime.resources.js
+    erasure_id = str(uuid.uuid4())
+    done = await js.subscribe("conclave.events.erasure.completed", ordered_consumer=True)
+    try:
+        deleted = events_pb2.AccountDeleted(
+            event_id=str(uuid.uuid4()), account_id=bob.account_id, erasure_id=erasure_id
+        )
+        await js.publish(
+            "conclave.events.account.deleted",
+            deleted.SerializeToString(),
+            headers={"Nats-Msg-Id": deleted.event_id},
+        )
+        while True:
+            msg = await done.next_msg(timeout=10)
+            completed = events_pb2.ErasureCompleted.FromString(msg.data)
+            if completed.erasure_id == erasure_id:
+                break
+    finally:
+        await done.unsubscribe()
+    assert completed.account_id == bob.account_id
+    assert completed.service == types_pb2.SERVICE_NAME_KEYS
+    assert completed.items_deleted >= 2 + 2 + 3 + 4  # devices, leaves, one-time, signed keys
+    pool = keys.runtime.resources.pool
+    row = await pool.fetchrow("SELECT * FROM kt_leaves WHERE leaf_index = $1", published.leaf_index)
+    assert row is not None and len(row["leaf_hash"]) == 32
+    assert row["account_id"] is None and row["signing_public_key"] is None
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM devices WHERE account_id = $1", bob.account_id
+    )
+    for request in (
+        keys_pb2.GetInclusionProofRequest(leaf_index=published.leaf_index),
+        keys_pb2.GetInclusionProofRequest(
+            binding=keys_pb2.LogBinding(
+                account_id=bob.account_id, device_id=bob.device_id, identity_key=bob.identity()
+            )
+        ),
+    ):
+        await _fails(
+            keys.stub.GetInclusionProof(request, metadata=keys.auth(viewer)),
+            grpc.StatusCode.NOT_FOUND,
+        )
+    assert await _auditor(keys).audit_log() == []  # the tree still rebuilds to every head

@@ -333,14 +333,13 @@ class KeyManager:
             ) == (identity.signing, identity.agreement)
             if same:
                 assert row is not None
-                # Idempotent republish (e.g. a retry after a lost response): no new leaf;
-                # prekeys the device already has are kept, new ones are added.
+                # Idempotent republish (e.g. a retry after a lost response): no new leaf.
+                # The request's one-time keys are NOT added: the first attempt stored
+                # them, and some may have been handed out since; re-inserting those would
+                # hand one key out twice. New one-time keys go through UploadPrekeys.
                 leaf_index = int(row["leaf_index"])
                 await self._apply_signed(conn, account, device, KIND_EC, signed_prekey)
                 await self._apply_signed(conn, account, device, KIND_KEM, last_resort)
-                await self._add_one_time(
-                    conn, account, device, one_time, pq_one_time, ignore_existing=True
-                )
                 if int(row["registration_id"]) != registration_id:
                     await store.insert_device(
                         conn,
@@ -395,8 +394,6 @@ class KeyManager:
         device: str,
         one_time: Sequence[StoredKey],
         pq_one_time: Sequence[StoredKey],
-        *,
-        ignore_existing: bool = False,
     ) -> None:
         if not one_time and not pq_one_time:
             return
@@ -406,19 +403,16 @@ class KeyManager:
             (KIND_EC, one_time, ec_count, "one_time_prekeys"),
             (KIND_KEM, pq_one_time, kem_count, "pq_one_time_prekeys"),
         ):
-            fresh = [k for k in keys if (kind, k.key_id) not in stored]
-            if not ignore_existing and len(fresh) != len(keys):
-                dup = next(k.key_id for k in keys if (kind, k.key_id) in stored)
+            dup = next((k.key_id for k in keys if (kind, k.key_id) in stored), None)
+            if dup is not None:
                 raise AlreadyExists(f"{what}: key id {dup} is still stored for this device")
-            if have + len(fresh) > self._config.max_one_time_prekeys:
+            if have + len(keys) > self._config.max_one_time_prekeys:
                 raise ResourceExhausted(
                     f"{what}: a device holds at most {self._config.max_one_time_prekeys} "
-                    f"(has {have}, adding {len(fresh)})",
+                    f"(has {have}, adding {len(keys)})",
                     reason="PREKEY_CAP",
                 )
-            await store.insert_one_time_keys(
-                conn, account, device, kind, fresh, ignore_existing=ignore_existing
-            )
+            await store.insert_one_time_keys(conn, account, device, kind, keys)
 
     async def upload_prekeys(
         self,
@@ -663,6 +657,22 @@ class KeyManager:
             await store.delete_device(conn, account_id, device_id)
         _log.info("device_keys_removed", leaf_index=index)
         return True, index
+
+    async def erase_account(self, account_id: str) -> int:
+        """Erases everything keys holds about an account (``conclave.events.account.deleted``).
+
+        Devices and prekeys are deleted and the account's log leaves keep only their hashes
+        (keys.proto): the tree still rebuilds to every signed head, and inclusion proofs for
+        those leaves answer NOT_FOUND. No REMOVE leaf is appended, as it would name the
+        account again. Idempotent.
+
+        Returns:
+            The number of rows deleted or cleared.
+        """
+        async with self._resources.pool.acquire() as conn, conn.transaction():
+            items = await store.erase_account(conn, account_id)
+        _log.info("account_erased", items=items)
+        return items
 
     # --- transparency log ----------------------------------------------------------------
 

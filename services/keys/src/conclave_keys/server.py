@@ -38,6 +38,9 @@ def build_spec(config: KeysConfig) -> ServiceSpec:
     async def consume_device_removals(resources: Resources) -> None:
         await EventBus(resources).subscribe_device_removed(managers[-1].remove_keys)
 
+    async def consume_account_erasures(resources: Resources) -> None:
+        await EventBus(resources).subscribe_account_deleted(managers[-1].erase_account)
+
     return ServiceSpec(
         name="keys",
         grpc_services=(GRPC_SERVICE,),
@@ -45,5 +48,5 @@ def build_spec(config: KeysConfig) -> ServiceSpec:
         register=register,
         default_grpc_port=50052,
         default_metrics_port=9102,
-        extra_setup=(record_log_key, consume_device_removals),
+        extra_setup=(record_log_key, consume_device_removals, consume_account_erasures),
     )

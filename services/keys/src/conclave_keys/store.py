@@ -416,22 +416,18 @@ async def insert_one_time_keys(
     device_id: str,
     kind: int,
     keys: Sequence[StoredKey],
-    *,
-    ignore_existing: bool = False,
 ) -> None:
     """Adds one-time prekeys in one statement (ids keep upload order, so oldest go first)."""
     if not keys:
         return
-    conflict = "ON CONFLICT DO NOTHING" if ignore_existing else ""
     await conn.execute(
-        f"""
+        """
         INSERT INTO one_time_prekeys (account_id, device_id, kind, key_id, public_key, signature)
         SELECT $1, $2, $3, k.key_id, k.public_key, k.signature
         FROM unnest($4::bigint[], $5::bytea[], $6::bytea[])
              WITH ORDINALITY AS k(key_id, public_key, signature, n)
         ORDER BY k.n
-        {conflict}
-        """,  # noqa: S608 - conflict is one of two fixed strings
+        """,
         account_id,
         device_id,
         kind,
@@ -547,3 +543,36 @@ async def all_counts(conn: Conn, account_id: str, device_id: str | None) -> list
         account_id,
         device_id,
     )
+
+
+async def erase_account(conn: Conn, account_id: str) -> int:
+    """Deletes an account's keys and the content of its log leaves; returns rows affected.
+
+    Leaf hashes stay: they cover random public keys, so they do not identify the account,
+    and without them the tree could no longer be rebuilt to the heads clients verified.
+    """
+    devices = {
+        str(r["device_id"])
+        for r in await conn.fetch(
+            "SELECT DISTINCT device_id FROM kt_leaves WHERE account_id = $1", account_id
+        )
+    }
+    counts = [
+        await conn.execute("DELETE FROM one_time_prekeys WHERE account_id = $1", account_id),
+        await conn.execute("DELETE FROM signed_prekeys WHERE account_id = $1", account_id),
+        await conn.execute("DELETE FROM devices WHERE account_id = $1", account_id),
+        await conn.execute(
+            """
+            UPDATE kt_leaves SET action = NULL, account_id = NULL, device_id = NULL,
+                signing_public_key = NULL, agreement_public_key = NULL, timestamp_ms = NULL
+            WHERE account_id = $1
+            """,
+            account_id,
+        ),
+        # Rate-limit buckets are keyed "<limit name>:<account or device id>".
+        await conn.execute(
+            "DELETE FROM rate_limit_buckets WHERE split_part(bucket, ':', 2) = ANY($1::text[])",
+            [account_id, *devices],
+        ),
+    ]
+    return sum(int(str(c).rsplit(" ", 1)[-1]) for c in counts)
