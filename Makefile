@@ -69,6 +69,11 @@ k8s-check: $(PROTO_STAMP) ## Render deploy/k8s overlays; validate schemas, polic
 test: lint typecheck k8s-check ## Everything CI runs: lint, types, k8s manifests, unit + integration tests on real NATS + Postgres.
 	$(BIN)/pytest -q
 
+.PHONY: bench
+bench: $(PROTO_STAMP) ## Benchmarks (JSON lines on stdout): crypto, auth. Not part of `test`.
+	$(BIN)/python -m conclave_crypto.bench
+	$(BIN)/python -m conclave_devstack.bench.auth
+
 .PHONY: run
 run: $(PROTO_STAMP) ## Run the whole stack (embedded NATS + PostgreSQL + five services).
 	exec $(BIN)/conclave-run

@@ -49,6 +49,8 @@ class AuthConfig:
         argon2_memory_kib: Argon2id memory cost (at least OWASP's 19 MiB).
         argon2_time_cost: Argon2id iterations (at least 2).
         argon2_parallelism: Argon2id lanes.
+        source_logins_per_minute: Login/confirm attempts per client address (burst = 1 min).
+        source_registrations_per_hour: Registrations per client address (burst = 1 h).
     """
 
     service: ServiceConfig
@@ -63,6 +65,8 @@ class AuthConfig:
     argon2_memory_kib: int
     argon2_time_cost: int
     argon2_parallelism: int
+    source_logins_per_minute: int = 30
+    source_registrations_per_hour: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AuthConfig:
@@ -124,5 +128,11 @@ class AuthConfig:
             ),
             argon2_parallelism=env.integer(
                 "CONCLAVE_AUTH_ARGON2_PARALLELISM", 4, minimum=1, maximum=16
+            ),
+            source_logins_per_minute=env.integer(
+                "CONCLAVE_AUTH_SOURCE_LOGINS_PER_MINUTE", 30, minimum=1
+            ),
+            source_registrations_per_hour=env.integer(
+                "CONCLAVE_AUTH_SOURCE_REGISTRATIONS_PER_HOUR", 10, minimum=1
             ),
         )

@@ -54,10 +54,6 @@ BAD_CREDENTIALS = "invalid username, password or code"
 # an attacker cannot lock the owner out for longer than the window after stopping.
 LOGIN_FAILURES = Limit("login failures", capacity=100, refill_per_second=100 / 3600)
 TOTP_CHECKS = Limit("TOTP checks", capacity=5, refill_per_second=1 / 6)
-SOURCE_LOGINS = Limit("login attempts from this address", capacity=30, refill_per_second=0.5)
-SOURCE_REGISTRATIONS = Limit(
-    "registrations from this address", capacity=10, refill_per_second=10 / 3600
-)
 SOURCE_REFRESHES = Limit("refreshes from this address", capacity=120, refill_per_second=2)
 
 
@@ -134,6 +130,16 @@ class AuthManager:
         self._revocations = revocations
         self._clock = clock
         self._limits = RateLimiter(pool)
+        self._source_logins = Limit(
+            "login attempts from this address",
+            capacity=config.source_logins_per_minute,
+            refill_per_second=config.source_logins_per_minute / 60,
+        )
+        self._source_registrations = Limit(
+            "registrations from this address",
+            capacity=config.source_registrations_per_hour,
+            refill_per_second=config.source_registrations_per_hour / 3600,
+        )
         self._hasher = cred.PasswordHasher(
             config.argon2_memory_kib, config.argon2_time_cost, config.argon2_parallelism
         )
@@ -147,7 +153,7 @@ class AuthManager:
         """Creates an unconfirmed account and returns its TOTP enrollment data."""
         name = cred.normalise_username(username)
         cred.check_password_policy(password, name, self._cfg.password_min_length)
-        await self._limits.take(SOURCE_REGISTRATIONS, source)
+        await self._limits.take(self._source_registrations, source)
         password_hash = await self._hasher.hash(password)
         now = self._clock()
         account_id = str(uuid.uuid4())
@@ -192,7 +198,7 @@ class AuthManager:
         """Confirms TOTP with the enrollment token and opens the first session."""
         cred.require_totp_format(code)
         name = _check_device_name(device.name)
-        await self._limits.take(SOURCE_LOGINS, source)
+        await self._limits.take(self._source_logins, source)
         now = self._clock()
         async with self._pool.acquire() as conn:
             account = await store.account_by_enrollment(
@@ -241,7 +247,7 @@ class AuthManager:
             cred.require_totp_format(totp_code)
         name = _check_device_name(device.name)
         wanted_device = _uuid(device_id, "device_id") if device_id else None
-        await self._limits.take(SOURCE_LOGINS, source)
+        await self._limits.take(self._source_logins, source)
         now = self._clock()
         try:
             normalised = cred.normalise_username(username)
