@@ -49,6 +49,7 @@ class AuthConfig:
         argon2_memory_kib: Argon2id memory cost (at least OWASP's 19 MiB).
         argon2_time_cost: Argon2id iterations (at least 2).
         argon2_parallelism: Argon2id lanes.
+        argon2_max_concurrent: Hashes computed at once (memory = this x argon2_memory_kib).
         source_logins_per_minute: Login/confirm attempts per client address (burst = 1 min).
         source_registrations_per_hour: Registrations per client address (burst = 1 h).
     """
@@ -65,6 +66,7 @@ class AuthConfig:
     argon2_memory_kib: int
     argon2_time_cost: int
     argon2_parallelism: int
+    argon2_max_concurrent: int = 4
     source_logins_per_minute: int = 30
     source_registrations_per_hour: int = 10
 
@@ -128,6 +130,9 @@ class AuthConfig:
             ),
             argon2_parallelism=env.integer(
                 "CONCLAVE_AUTH_ARGON2_PARALLELISM", 4, minimum=1, maximum=16
+            ),
+            argon2_max_concurrent=env.integer(
+                "CONCLAVE_AUTH_ARGON2_MAX_CONCURRENT", 4, minimum=1, maximum=64
             ),
             source_logins_per_minute=env.integer(
                 "CONCLAVE_AUTH_SOURCE_LOGINS_PER_MINUTE", 30, minimum=1

@@ -89,7 +89,12 @@ class PasswordHasher:
     hash has weaker parameters than configured is re-hashed (:meth:`needs_rehash`).
     """
 
-    def __init__(self, memory_kib: int, time_cost: int, parallelism: int) -> None:
+    def __init__(
+        self, memory_kib: int, time_cost: int, parallelism: int, max_concurrent: int = 4
+    ) -> None:
+        # Each hash holds memory_kib of RAM while it runs: bounding concurrency bounds the
+        # memory a login storm can take (and queues logins instead of thrashing the CPU).
+        self._slots = asyncio.Semaphore(max_concurrent)
         self._hasher = argon2.PasswordHasher(
             time_cost=time_cost,
             memory_cost=memory_kib,
@@ -104,7 +109,8 @@ class PasswordHasher:
 
     async def hash(self, password: str) -> str:
         """Returns the Argon2id PHC string (runs in a worker thread: ~tens of ms of CPU)."""
-        return await asyncio.to_thread(self._hasher.hash, password)
+        async with self._slots:
+            return await asyncio.to_thread(self._hasher.hash, password)
 
     async def verify(self, stored: str | None, password: str) -> bool:
         """True when ``password`` matches ``stored`` (None: compare with a dummy hash)."""
@@ -115,7 +121,8 @@ class PasswordHasher:
             except (VerifyMismatchError, VerificationError, InvalidHashError):
                 return False
 
-        return await asyncio.to_thread(check)
+        async with self._slots:
+            return await asyncio.to_thread(check)
 
     def needs_rehash(self, stored: str) -> bool:
         """True when ``stored`` uses weaker parameters than configured."""

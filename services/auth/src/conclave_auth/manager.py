@@ -39,12 +39,21 @@ from conclave_kit.outbox import OutboxRelay
 from conclave_kit.ratelimit import Limit, RateLimiter
 from conclave_kit.revocations import RevocationList
 from conclave_kit.tokens import Claims, TokenSigner
+from prometheus_client import Counter
 
 from conclave_auth import credentials as cred
 from conclave_auth import store
 from conclave_auth.config import AuthConfig
 
 Clock = Callable[[], datetime]
+TOTP_FAILURES = Counter(
+    "conclave_auth_totp_failures_total", "Wrong or replayed TOTP codes (all accounts)."
+)
+REFRESH_REUSE = Counter(
+    "conclave_auth_refresh_token_reuse_total",
+    "Used refresh tokens presented again (each revoked a session family).",
+)
+LOGINS = Counter("conclave_auth_logins_total", "Login attempts by outcome.", ("outcome",))
 A = auth_pb2
 BAD_CREDENTIALS = "invalid username, password or code"
 
@@ -141,7 +150,10 @@ class AuthManager:
             refill_per_second=config.source_registrations_per_hour / 3600,
         )
         self._hasher = cred.PasswordHasher(
-            config.argon2_memory_kib, config.argon2_time_cost, config.argon2_parallelism
+            config.argon2_memory_kib,
+            config.argon2_time_cost,
+            config.argon2_parallelism,
+            config.argon2_max_concurrent,
         )
         self._signer = TokenSigner(
             config.signing_key_id, config.signing_key, config.access_token_seconds
@@ -259,6 +271,7 @@ class AuthManager:
             await self._refuse_if_locked(str(account["account_id"]))
         ok = await self._hasher.verify(account["password_hash"] if account else None, password)
         if account is None or not ok:
+            LOGINS.labels("bad_password").inc()
             if account is not None:
                 await self._failure(account, A.AUDIT_EVENT_KIND_LOGIN_FAILED, now, "wrong password")
             raise Unauthenticated(BAD_CREDENTIALS)
@@ -313,6 +326,7 @@ class AuthManager:
                     device_name=name,
                 )
         self._relay.wake()
+        LOGINS.labels("ok").inc()
         return issued, new_device, confirmed_now, remaining
 
     async def _refuse_if_locked(self, account_id: str) -> None:
@@ -364,11 +378,13 @@ class AuthManager:
             )
         step = cred.totp_matching_step(account["totp_secret"], code, now.timestamp())
         if step is None:
+            TOTP_FAILURES.inc()
             await self._failure(account, A.AUDIT_EVENT_KIND_TOTP_FAILED, now, "wrong TOTP code")
             raise Unauthenticated(BAD_CREDENTIALS)
         async with self._pool.acquire() as conn:
             confirmed = await store.consume_totp_step(conn, account_id, step, now)
         if confirmed is None:
+            TOTP_FAILURES.inc()
             await self._failure(
                 account, A.AUDIT_EVENT_KIND_TOTP_REPLAYED, now, "TOTP code already used"
             )
@@ -525,6 +541,7 @@ class AuthManager:
             assert session is not None
             if token["used_at"] is not None:
                 reused = True
+                REFRESH_REUSE.inc()
                 row = await self._end(
                     conn, session_id, A.SESSION_END_REASON_REFRESH_TOKEN_REUSED, now
                 )
