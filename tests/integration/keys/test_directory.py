@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import time
 import uuid
 from collections.abc import Awaitable
 
 import grpc
 import pytest
+import structlog
 from conclave.common.v1 import types_pb2
 from conclave.events.v1 import events_pb2
 from conclave.keys.v1 import keys_pb2
@@ -469,6 +471,7 @@ async def test_republish_is_idempotent_and_rotation_replaces_prekeys(keys: KeysH
 async def test_no_key_material_in_logs(keys: KeysHarness) -> None:
     """Publishing, uploading, claiming, proving and removing log no key bytes in any encoding."""
     logs = io.StringIO()
+    saved = (structlog.get_config(), logging.root.handlers[:], logging.root.level)
     configure_logging("keys", "debug", stream=logs)
     try:
         bob = Device()
@@ -485,7 +488,9 @@ async def test_no_key_material_in_logs(keys: KeysHarness) -> None:
             keys_pb2.RemoveDeviceKeysRequest(), metadata=keys.auth(bob)
         )
     finally:
-        configure_logging("keys", "info")
+        structlog.configure(**saved[0])
+        logging.root.handlers[:] = saved[1]
+        logging.root.setLevel(saved[2])
     text = logs.getvalue()
     assert "identity_published" in text and "device_keys_removed" in text
     secrets = [
