@@ -2,14 +2,21 @@
 
 import sys
 
+from conclave_kit.config import ConfigError
 from conclave_kit.runtime import run_service
 
-from conclave_messaging.server import SPEC
+from conclave_messaging.config import MessagingConfig
+from conclave_messaging.server import build_spec
 
 
 def main() -> None:
     """Runs the messaging service until SIGTERM/SIGINT; exits 0 after a clean shutdown."""
-    sys.exit(run_service(SPEC))
+    try:
+        config = MessagingConfig.from_env()
+    except ConfigError as err:
+        print(f"conclave-messaging: configuration error: {err}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_service(build_spec(config), config=config.service))
 
 
 if __name__ == "__main__":

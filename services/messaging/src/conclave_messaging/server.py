@@ -1,26 +1,57 @@
-"""Wires the messaging service: its servicer, schema and ports, handed to the kit's runtime."""
+"""Wires the messaging service: servicer, manager, fan-out hub, streams, outbox relay."""
+
+from __future__ import annotations
 
 import grpc
 from conclave.messaging.v1 import messaging_pb2
+from conclave_kit.nats_bus import ensure_stream
+from conclave_kit.outbox import OutboxRelay
 from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
 
+from conclave_messaging import streams
+from conclave_messaging.config import MessagingConfig
+from conclave_messaging.fanout import Hub
+from conclave_messaging.manager import Clock, MessagingManager
 from conclave_messaging.service import PENDING, MessagingServiceServicer
 
 DESCRIPTOR = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"]
 GRPC_SERVICE = DESCRIPTOR.full_name
 
 
-def register(server: grpc.aio.Server, resources: Resources) -> None:
-    """Adds the messaging servicer to ``server``."""
-    add_service(server, DESCRIPTOR, MessagingServiceServicer(resources), PENDING)
+def build_spec(config: MessagingConfig, clock: Clock | None = None) -> ServiceSpec:
+    """The messaging service for the kit's runtime (``clock`` is injectable for tests)."""
+    servicer = MessagingServiceServicer()
 
+    def register(server: grpc.aio.Server, resources: Resources) -> None:
+        add_service(server, DESCRIPTOR, servicer, PENDING)
 
-SPEC = ServiceSpec(
-    name="messaging",
-    grpc_services=(GRPC_SERVICE,),
-    migrations_package="conclave_messaging.migrations",
-    register=register,
-    default_grpc_port=50053,
-    default_metrics_port=9103,
-)
+    async def connect(resources: Resources) -> None:
+        for stream in streams.stream_configs(
+            config.service.stream_replicas,
+            config.dedup_window_seconds,
+            config.message_ttl_seconds,
+        ):
+            await ensure_stream(resources.js, stream)
+        relay = OutboxRelay(resources.pool, resources.js)
+        relay.start()
+        resources.on_shutdown(relay.stop)
+        hub = Hub(resources.js, resources.pool)
+        await hub.start()
+        resources.on_shutdown(hub.stop)
+        resources.revocations.add_listener(hub.on_revoked)
+        extra = {} if clock is None else {"clock": clock}
+        manager = MessagingManager(config, resources.pool, resources.js, relay, **extra)
+        manager.add_membership_listener(hub.on_membership)
+        servicer.hub = hub
+        servicer.manager = manager
+
+    return ServiceSpec(
+        name="messaging",
+        grpc_services=(GRPC_SERVICE,),
+        migrations_package="conclave_messaging.migrations",
+        register=register,
+        default_grpc_port=50053,
+        default_metrics_port=9103,
+        extra_setup=(connect,),
+    )

@@ -1,0 +1,62 @@
+"""Messaging-specific settings (on top of the kit's :class:`ServiceConfig`).
+
+Every limit here is a deployment setting documented in ``messaging.proto``; the defaults
+are the documented ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from conclave_kit.config import Env, ServiceConfig
+
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class MessagingConfig:
+    """Settings of the messaging service.
+
+    Attributes:
+        service: Common settings (ports, database, NATS, token verification keys).
+        max_members: Member cap of new groups (``CONCLAVE_MESSAGING_MAX_MEMBERS``).
+        max_metadata_bytes: Largest encrypted group metadata.
+        max_direct_ciphertext_bytes: Largest 1:1 ciphertext (per device).
+        max_group_ciphertext_bytes: Largest group (sender-key) ciphertext.
+        dedup_window_seconds: How long a message id is remembered for idempotent retries
+            (JetStream duplicate window of the message streams).
+        message_ttl_seconds: How long an undelivered message is kept (stream ``max_age``).
+    """
+
+    service: ServiceConfig
+    max_members: int = 10_000
+    max_metadata_bytes: int = 16 * KIB
+    max_direct_ciphertext_bytes: int = 96 * KIB
+    max_group_ciphertext_bytes: int = 256 * KIB
+    dedup_window_seconds: float = 24 * 3600.0
+    message_ttl_seconds: float = 30 * 24 * 3600.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> MessagingConfig:
+        """Reads all messaging settings.
+
+        Raises:
+            ConfigError: A setting is missing or malformed (one line naming it).
+        """
+        env = Env(environ)
+        service = ServiceConfig.from_env(
+            "messaging", default_grpc_port=50053, default_metrics_port=9103, environ=environ
+        )
+        return cls(
+            service=service,
+            max_members=env.integer(
+                "CONCLAVE_MESSAGING_MAX_MEMBERS", 10_000, minimum=2, maximum=100_000
+            ),
+            dedup_window_seconds=env.seconds(
+                "CONCLAVE_MESSAGING_DEDUP_WINDOW_SECONDS", 24 * 3600.0, minimum=60
+            ),
+            message_ttl_seconds=env.seconds(
+                "CONCLAVE_MESSAGING_MESSAGE_TTL_SECONDS", 30 * 24 * 3600.0, minimum=3600
+            ),
+        )

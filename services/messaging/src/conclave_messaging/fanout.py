@@ -1,0 +1,428 @@
+"""Live delivery: one JetStream subscription per group per process, fanned out locally.
+
+ARCHITECTURE.md §7: the Python client, not nats-server, is the bottleneck, so a process
+never holds one NATS subscription per recipient. It holds one ordered push consumer per
+*subject it has local listeners for* (a group's log, or a connected device's mailbox) and
+copies each message into the queues of the local device streams that may see it.
+
+A device stream (``Subscribe``) works like this:
+
+1. It registers, and attaches to the feeds of its mailbox and of every group its account
+   is in (each with a *floor*: the join sequence, nothing at or below it is delivered).
+2. Once those subscriptions are live it reads each conversation's backlog from the
+   device's acknowledged cursor, then sends ``catch_up_complete``.
+3. It then drains its queue: live items at or below what it already sent for that
+   conversation are skipped, so the overlap between backlog and live is delivered once.
+
+Membership changes (made on this process, or seen on ``conclave.events.group.membership``
+from other replicas) are applied synchronously: a removed account's streams detach from
+the group before the next message is fanned out, and queued items of that group are
+dropped; an added account's streams attach and catch up from the join sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+import grpc
+from conclave.auth.v1 import auth_pb2
+from conclave.events.v1 import events_pb2
+from conclave.messaging.v1 import messaging_pb2 as M
+from conclave_kit.errors import ConclaveError, Unauthenticated, Unavailable
+from conclave_kit.logs import get_logger
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
+
+from conclave_messaging import store, streams
+from conclave_messaging.events import GROUP_MEMBERSHIP
+from conclave_messaging.manager import Caller
+from conclave_messaging.metrics import (
+    BACKLOG_ITEMS,
+    CONNECTED_DEVICES,
+    DELIVERIES,
+    LOCAL_FEEDS,
+    REDELIVERIES,
+    SEND_TO_PUSH_SECONDS,
+)
+
+_log = get_logger("conclave.messaging.fanout")
+DEFAULT_MAX_UNACKED = 1000
+MAX_UNACKED = 10_000
+
+
+class Aborted(ConclaveError):
+    """A newer stream of the same device replaced this one."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "STREAM_REPLACED"
+
+
+@dataclass(frozen=True)
+class Push:
+    """A stored message for one conversation."""
+
+    conversation: str
+    seq: int
+    delivery: M.MessageDelivery
+    size_class: str = "1"  # group size class for the latency metric (1 = 1:1)
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """Read a conversation's backlog above ``floor`` (the account just joined it)."""
+
+    conversation: str
+    floor: int
+
+
+_WAKE = object()  # queue item that only makes the stream look at its close flag
+Item = Push | CatchUp | object
+
+
+@dataclass(eq=False)
+class DeviceStream:
+    """State of one open Subscribe stream (identity-hashed: one per call)."""
+
+    who: Caller
+    queue: asyncio.Queue[Item] = field(default_factory=asyncio.Queue)
+    # Conversations this stream may deliver, with their floors.
+    attached: dict[str, int] = field(default_factory=dict)
+    # Highest sequence sent per conversation on this stream.
+    sent: dict[str, int] = field(default_factory=dict)
+    # Highest sequence sent on an earlier stream (items at or below are redeliveries).
+    previously: dict[str, int] = field(default_factory=dict)
+    closing: ConclaveError | None = None
+    close_reason: int = 0
+
+    def close(self, error: ConclaveError, reason: int = 0) -> None:
+        """Asks the stream to end with ``error`` (after ``session_closed`` if reason)."""
+        if self.closing is None:
+            self.closing = error
+            self.close_reason = reason
+            self.queue.put_nowait(_WAKE)
+
+
+class Feed:
+    """One ordered push consumer on a subject, copying messages to local listeners."""
+
+    def __init__(self, js: JetStreamContext, subject: str, conversation: str) -> None:
+        self.subject = subject
+        self.conversation = conversation
+        self.listeners: dict[DeviceStream, int] = {}
+        self._sub: Subscription | None = None
+        self._task = asyncio.create_task(self._start(js), name=f"feed-start-{conversation}")
+        LOCAL_FEEDS.inc()
+
+    async def _start(self, js: JetStreamContext) -> None:
+        self._sub = await js.subscribe(
+            self.subject,
+            cb=self._on_msg,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW),
+        )
+
+    async def ready(self) -> None:
+        """Returns once the subscription is live (messages stored later reach it).
+
+        Raises:
+            Unavailable: NATS refused the subscription.
+        """
+        try:
+            await asyncio.shield(self._task)
+        except Exception as err:
+            raise Unavailable("message feed unavailable; retry") from err
+
+    async def _on_msg(self, msg: Msg) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            delivery = M.MessageDelivery.FromString(msg.data)
+        except Exception:  # a foreign message on our subject must not stop the feed
+            _log.warning("feed_message_malformed")
+            return
+        size = (msg.headers or {}).get(streams.SIZE_HEADER, "1")
+        push = Push(self.conversation, seq, delivery, size)
+        # The sending device has the plaintext already; its other devices get a copy.
+        sender = delivery.sender.device_id
+        for ds, floor in self.listeners.items():
+            if seq > floor and ds.who.device_id != sender:
+                ds.queue.put_nowait(push)
+
+    async def stop(self) -> None:
+        """Unsubscribes (after the start finished)."""
+        LOCAL_FEEDS.dec()
+        with contextlib.suppress(Exception):
+            await self._task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+
+class Hub:
+    """This process's device streams and feeds.
+
+    Args:
+        js: JetStream context.
+        pool: Pool on the ``messaging`` schema (cursors, join sequences).
+    """
+
+    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool) -> None:
+        self._js = js
+        self._pool = pool
+        self._streams: dict[str, DeviceStream] = {}
+        self._by_account: dict[str, set[DeviceStream]] = {}
+        self._feeds: dict[str, Feed] = {}
+        self._versions: dict[str, int] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._events: Subscription | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Follows membership changes made by other replicas."""
+
+        async def on_event(msg: Msg) -> None:
+            try:
+                event = events_pb2.GroupMembership.FromString(msg.data)
+            except Exception:
+                _log.warning("membership_event_malformed")
+                return
+            await self.on_membership(event)
+
+        self._events = await self._js.subscribe(
+            GROUP_MEMBERSHIP,
+            cb=on_event,
+            ordered_consumer=True,
+            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW),
+        )
+
+    async def stop(self) -> None:
+        """Ends every stream and subscription (shutdown)."""
+        for ds in list(self._streams.values()):
+            ds.close(Unavailable("server shutting down; reconnect"))
+        if self._events is not None:
+            with contextlib.suppress(Exception):
+                await self._events.unsubscribe()
+        for feed in list(self._feeds.values()):
+            await feed.stop()
+        self._feeds.clear()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ------------------------------------------------------------ attach / detach
+
+    def _attach(self, ds: DeviceStream, conversation: str, floor: int) -> Feed:
+        stream, subject = streams.locate(conversation, ds.who.device_id)
+        del stream
+        feed = self._feeds.get(subject)
+        if feed is None:
+            feed = self._feeds[subject] = Feed(self._js, subject, conversation)
+        feed.listeners[ds] = floor
+        ds.attached[conversation] = floor
+        return feed
+
+    def _detach(self, ds: DeviceStream, conversation: str) -> None:
+        ds.attached.pop(conversation, None)
+        _, subject = streams.locate(conversation, ds.who.device_id)
+        feed = self._feeds.get(subject)
+        if feed is None:
+            return
+        feed.listeners.pop(ds, None)
+        if not feed.listeners:
+            del self._feeds[subject]
+            self._spawn(feed.stop())
+
+    # ------------------------------------------------------------ events
+
+    def on_revoked(self, event: events_pb2.SessionRevoked) -> None:
+        """Closes the streams of a revoked session (revocation listener)."""
+        for ds in list(self._streams.values()):
+            if ds.who.session_id == event.session_id:
+                ds.close(
+                    Unauthenticated("session has been revoked"),
+                    int(event.reason) or auth_pb2.SESSION_END_REASON_REVOKED,
+                )
+
+    async def on_membership(self, event: events_pb2.GroupMembership) -> None:
+        """Applies a membership change to this process's streams (idempotent, ordered)."""
+        change = event.change
+        gid = change.group_id
+        if change.membership_version and change.membership_version <= self._versions.get(gid, 0):
+            return  # already applied (local change seen again on NATS) or stale
+        self._versions[gid] = change.membership_version
+        removed = set(change.removed_account_ids)
+        for account in removed:
+            for ds in list(self._by_account.get(account, ())):
+                self._detach(ds, gid)
+        if event.group_deleted:
+            for streams_of_account in list(self._by_account.values()):
+                for ds in list(streams_of_account):
+                    if gid in ds.attached:
+                        self._detach(ds, gid)
+            self._versions.pop(gid, None)
+            return
+        added = [a for a in change.added_account_ids if a in self._by_account]
+        if not added:
+            return
+        async with self._pool.acquire() as conn:
+            floors = {a: await store.join_seq(conn, gid, a) for a in added}
+        if self._versions.get(gid, 0) != change.membership_version:
+            return  # a newer change arrived meanwhile; it decides
+        for account, floor in floors.items():
+            if floor is None:
+                continue
+            for ds in list(self._by_account.get(account, ())):
+                if gid not in ds.attached:
+                    self._attach(ds, gid, floor)
+                    ds.queue.put_nowait(CatchUp(gid, floor))
+
+    # ------------------------------------------------------------ streams
+
+    def _register(self, ds: DeviceStream) -> None:
+        older = self._streams.get(ds.who.device_id)
+        if older is not None:
+            older.close(Aborted("a newer stream of this device replaced this one"))
+            self._unregister(older)
+        self._streams[ds.who.device_id] = ds
+        self._by_account.setdefault(ds.who.account_id, set()).add(ds)
+        CONNECTED_DEVICES.inc()
+
+    def _unregister(self, ds: DeviceStream) -> None:
+        if self._streams.get(ds.who.device_id) is ds:
+            del self._streams[ds.who.device_id]
+        else:
+            return
+        CONNECTED_DEVICES.dec()
+        group = self._by_account.get(ds.who.account_id)
+        if group is not None:
+            group.discard(ds)
+            if not group:
+                del self._by_account[ds.who.account_id]
+        positions = {c: s for c, s in ds.sent.items() if c in ds.attached}
+        for conversation in list(ds.attached):
+            self._detach(ds, conversation)
+        if positions:
+            self._spawn(self._save_sent(ds.who, positions))
+
+    async def _save_sent(self, who: Caller, positions: dict[str, int]) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                await store.advance_delivered(
+                    conn,
+                    device_id=who.device_id,
+                    account_id=who.account_id,
+                    positions=positions,
+                    now=_utcnow(),
+                )
+        except Exception as err:  # only the redelivered flag depends on it
+            _log.warning("delivered_positions_not_saved", error_type=type(err).__name__)
+
+    def _response(self, ds: DeviceStream, push: Push) -> M.SubscribeResponse:
+        conversation, seq = push.conversation, push.seq
+        ds.sent[conversation] = seq
+        DELIVERIES.inc()
+        response = M.SubscribeResponse(
+            delivery_token=streams.delivery_token(ds.who.device_id, conversation, seq)
+        )
+        response.message.CopyFrom(push.delivery)
+        if seq <= ds.previously.get(conversation, 0):
+            response.message.redelivered = True
+            REDELIVERIES.inc()
+        return response
+
+    async def _backlog(
+        self, ds: DeviceStream, conversation: str, after: int
+    ) -> AsyncIterator[M.SubscribeResponse]:
+        stream, subject = streams.locate(conversation, ds.who.device_id)
+        async for seq, data in streams.read_after(self._js, stream, subject, after):
+            if ds.closing is not None or conversation not in ds.attached:
+                return
+            if seq <= ds.sent.get(conversation, 0):
+                continue
+            delivery = M.MessageDelivery.FromString(data)
+            if delivery.sender.device_id == ds.who.device_id:
+                continue
+            yield self._response(ds, Push(conversation, seq, delivery))
+
+    async def subscribe(
+        self, who: Caller, max_unacknowledged: int
+    ) -> AsyncIterator[M.SubscribeResponse]:
+        """The device's delivery stream (see the module docstring).
+
+        Raises:
+            InvalidArgument: ``max_unacknowledged`` out of range.
+            Unauthenticated: The session was revoked (after a ``session_closed`` item).
+            Aborted: A newer stream of the same device took over.
+        """
+        ds = DeviceStream(who)
+        self._register(ds)
+        try:
+            async with self._pool.acquire() as conn:
+                rows = await store.subscriptions(conn, who.account_id, who.device_id)
+            starts: list[tuple[str, int]] = []
+            feeds = []
+            for row in rows:
+                conversation = str(row["conversation"])
+                floor = int(row["floor"])
+                feeds.append(self._attach(ds, conversation, floor))
+                ds.previously[conversation] = int(row["delivered_seq"])
+                starts.append((conversation, max(floor, int(row["acked_seq"]))))
+            for feed in feeds:
+                await feed.ready()
+            backlog = 0
+            for conversation, after in starts:
+                async for response in self._backlog(ds, conversation, after):
+                    backlog += 1
+                    yield response
+            BACKLOG_ITEMS.observe(backlog)
+            if ds.closing is None:
+                yield M.SubscribeResponse(
+                    catch_up_complete=M.CatchUpComplete(backlog_count=backlog)
+                )
+            while ds.closing is None:
+                item = await ds.queue.get()
+                if isinstance(item, Push):
+                    conversation = item.conversation
+                    live_floor = ds.attached.get(conversation)
+                    if (
+                        live_floor is None
+                        or item.seq <= live_floor
+                        or item.seq <= ds.sent.get(conversation, 0)
+                    ):
+                        continue
+                    response = self._response(ds, item)
+                    sent_at = item.delivery.server_time
+                    SEND_TO_PUSH_SECONDS.labels(item.size_class).observe(
+                        max(0.0, time.time() - sent_at.seconds - sent_at.nanos / 1e9)
+                    )
+                    yield response
+                elif isinstance(item, CatchUp):
+                    _, subject = streams.locate(item.conversation, who.device_id)
+                    joined = self._feeds.get(subject)
+                    if joined is not None:
+                        await joined.ready()
+                    async for response in self._backlog(ds, item.conversation, item.floor):
+                        yield response
+            if ds.close_reason:
+                yield M.SubscribeResponse(
+                    session_closed=M.SessionClosed(reason=ds.close_reason)  # type: ignore[arg-type]
+                )
+            assert ds.closing is not None
+            raise ds.closing
+        finally:
+            self._unregister(ds)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)

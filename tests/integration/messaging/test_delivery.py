@@ -1,0 +1,321 @@
+"""Sends, the per-device delivery stream, acknowledgements and redelivery."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+from conclave.auth.v1 import auth_pb2
+from conclave.common.v1 import types_pb2
+from conclave.events.v1 import events_pb2
+from conclave.messaging.v1 import messaging_pb2 as M
+from conclave_messaging import streams
+
+from tests.integration.messaging.conftest import Device, MessagingHarness
+from tests.support import trailers
+
+pytestmark = pytest.mark.integration
+KIB = 1024
+
+
+def _ct(
+    device: Device, data: bytes = b"ct", kind: int = M.CIPHERTEXT_KIND_RATCHET
+) -> M.DeviceCiphertext:
+    return M.DeviceCiphertext(
+        device=types_pb2.DeviceAddress(account_id=device.account_id, device_id=device.device_id),
+        kind=kind,  # type: ignore[arg-type]
+        ciphertext=data,
+    )
+
+
+async def _ack(harness: MessagingHarness, device: Device, *items: M.SubscribeResponse) -> int:
+    reply = await harness.stub.AckMessages(
+        M.AckMessagesRequest(delivery_tokens=[i.delivery_token for i in items]),
+        metadata=device.md,
+    )
+    return reply.acknowledged_count
+
+
+async def test_group_message_reaches_100_members_exactly_once(messaging: MessagingHarness) -> None:
+    """A message to a 100-member group is stored once and pushed once to every other device."""
+    sender = messaging.device()
+    members = [messaging.device() for _ in range(99)]
+    group = await messaging.group(sender, *members)
+    assert group.member_count == 100
+    sender_other = messaging.device(sender.account_id)  # the sender's second device
+    listeners = [await messaging.subscribe(d) for d in [*members, sender_other]]
+    own = await messaging.subscribe(sender)
+    info = await messaging.runtime.resources.js.stream_info(streams.GROUPS_STREAM)
+    before = info.state.messages
+    sent = [await messaging.send(sender, group.group_id, f"m{i}".encode()) for i in range(3)]
+    info = await messaging.runtime.resources.js.stream_info(streams.GROUPS_STREAM)
+    assert info.state.messages - before == 3  # persisted once each, not once per member
+    for listener in listeners:
+        got = await listener.wait_for(3)
+        assert [m.message.message_id for m in got] == sent
+        assert got[0].message.sender.device_id == sender.device_id
+        assert got[0].message.conversation.group_id == group.group_id
+        assert got[0].message.ciphertext == b"m0"
+    await asyncio.sleep(0.2)
+    assert all(len(listener.messages) == 3 for listener in listeners)  # no duplicates
+    assert own.messages == []  # the sending device is not sent its own message
+
+
+async def test_offline_device_catches_up_and_unacked_items_return(
+    messaging: MessagingHarness,
+) -> None:
+    """Backlog from the acked cursor, then catch_up_complete; unacked items are redelivered."""
+    alice, bob = messaging.device(), messaging.device()
+    group = await messaging.group(alice, bob)
+    first = await messaging.send(alice, group.group_id)
+    listener = await messaging.subscribe(bob)
+    got = await listener.wait_for(1)
+    assert [g.message.message_id for g in got] == [first]
+    marker = next(i for i in listener.items if i.HasField("catch_up_complete"))
+    assert marker.catch_up_complete.backlog_count == 1
+    assert await _ack(messaging, bob, got[0]) == 1
+    assert await _ack(messaging, bob, got[0]) == 0  # idempotent
+    await listener.close()
+
+    offline = [await messaging.send(alice, group.group_id) for _ in range(2)]
+    listener = await messaging.subscribe(bob)
+    got = await listener.wait_for(2)
+    assert [g.message.message_id for g in got] == offline
+    assert not any(g.message.redelivered for g in got)
+    await _ack(messaging, bob, got[0])  # the second stays unacknowledged
+    await listener.close()
+    await asyncio.sleep(0.1)  # the closed stream records how far it delivered
+
+    listener = await messaging.subscribe(bob)
+    got = await listener.wait_for(1)
+    assert [g.message.message_id for g in got] == [offline[1]]
+    assert got[0].message.redelivered
+
+
+async def test_direct_envelope_reaches_every_addressed_device(messaging: MessagingHarness) -> None:
+    """Each addressed device gets its own ciphertext; the sender's other device gets a copy."""
+    alice1 = messaging.device()
+    alice2 = messaging.device(alice1.account_id)
+    bob1 = messaging.device()
+    bob2 = messaging.device(bob1.account_id)
+    l_bob1 = await messaging.subscribe(bob1)
+    l_alice2 = await messaging.subscribe(alice2)
+    message_id = str(uuid.uuid4())
+    request = M.SendDirectMessageRequest(
+        message_id=message_id,
+        recipient_account_id=bob1.account_id,
+        ciphertexts=[_ct(bob1, b"for-b1"), _ct(bob2, b"for-b2"), _ct(alice2, b"for-a2")],
+    )
+    reply = await messaging.stub.SendDirectMessage(request, metadata=alice1.md)
+    assert reply.accepted.duplicate is False
+    again = await messaging.stub.SendDirectMessage(request, metadata=alice1.md)
+    assert again.accepted.duplicate is True
+    assert again.accepted.server_time == reply.accepted.server_time
+
+    (b1,) = await l_bob1.wait_for(1)
+    assert b1.message.ciphertext == b"for-b1"
+    assert b1.message.conversation.peer_account_id == alice1.account_id
+    assert b1.message.sender.device_id == alice1.device_id
+    assert b1.message.kind == M.CIPHERTEXT_KIND_RATCHET
+    (a2,) = await l_alice2.wait_for(1)
+    assert a2.message.ciphertext == b"for-a2"
+    assert a2.message.conversation.peer_account_id == bob1.account_id
+    # bob2 was offline: it catches up its own copy.
+    l_bob2 = await messaging.subscribe(bob2)
+    (b2,) = await l_bob2.wait_for(1)
+    assert b2.message.ciphertext == b"for-b2"
+    await asyncio.sleep(0.2)
+    assert len(l_bob1.messages) == 1  # the retry stored nothing
+
+
+async def test_sealed_sender_deliveries_carry_no_sender(messaging: MessagingHarness) -> None:
+    """Sealed-sender copies have neither sender nor conversation."""
+    alice, bob = messaging.device(), messaging.device()
+    listener = await messaging.subscribe(bob)
+    await messaging.stub.SendDirectMessage(
+        M.SendDirectMessageRequest(
+            message_id=str(uuid.uuid4()),
+            recipient_account_id=bob.account_id,
+            ciphertexts=[_ct(bob, b"sealed", M.CIPHERTEXT_KIND_SEALED)],
+            sealed_sender=True,
+        ),
+        metadata=alice.md,
+    )
+    (got,) = await listener.wait_for(1)
+    assert got.message.sealed_sender
+    assert not got.message.HasField("sender") and not got.message.HasField("conversation")
+
+
+async def test_removed_member_stops_and_new_member_gets_no_history(
+    messaging: MessagingHarness,
+) -> None:
+    """Removal stops delivery at once; a new member sees only messages sent after joining."""
+    admin, carol, dave = messaging.device(), messaging.device(), messaging.device()
+    group = await messaging.group(admin, carol)
+    l_carol = await messaging.subscribe(carol)
+    l_dave = await messaging.subscribe(dave)  # online before being added
+    history = await messaging.send(admin, group.group_id)
+    await l_carol.wait_for(1)
+
+    await messaging.stub.RemoveMembers(
+        M.RemoveMembersRequest(group_id=group.group_id, account_ids=[carol.account_id]),
+        metadata=admin.md,
+    )
+    await messaging.stub.AddMembers(
+        M.AddMembersRequest(group_id=group.group_id, account_ids=[dave.account_id]),
+        metadata=admin.md,
+    )
+    after = await messaging.send(admin, group.group_id)
+    got = await l_dave.wait_for(1)
+    assert [g.message.message_id for g in got] == [after]
+    await asyncio.sleep(0.2)
+    assert l_carol.ids() == [history]
+    # Reconnecting changes nothing: no history for dave, nothing new for carol.
+    await l_carol.close()
+    await l_dave.close()
+    l_carol = await messaging.subscribe(carol)
+    l_dave = await messaging.subscribe(dave)
+    assert l_carol.messages == []
+    assert (await l_dave.wait_for(1))[0].message.message_id == after
+    assert len(l_dave.messages) == 1
+    # A removed member cannot send either.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await messaging.send(carol, group.group_id)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_idempotent_group_send_and_membership_version(messaging: MessagingHarness) -> None:
+    """A retried group send is stored once; a stale membership_version stores nothing."""
+    alice, bob = messaging.device(), messaging.device()
+    group = await messaging.group(alice, bob)
+    js = messaging.runtime.resources.js
+    request = M.SendGroupMessageRequest(
+        message_id=str(uuid.uuid4()), group_id=group.group_id, ciphertext=b"once"
+    )
+    first = await messaging.stub.SendGroupMessage(request, metadata=alice.md)
+    before = (await js.stream_info(streams.GROUPS_STREAM)).state.messages
+    retry = await messaging.stub.SendGroupMessage(request, metadata=alice.md)
+    assert retry.accepted.duplicate and not first.accepted.duplicate
+    assert retry.accepted.server_time == first.accepted.server_time
+    assert (await js.stream_info(streams.GROUPS_STREAM)).state.messages == before
+    stale = await messaging.stub.SendGroupMessage(
+        M.SendGroupMessageRequest(
+            message_id=str(uuid.uuid4()),
+            group_id=group.group_id,
+            ciphertext=b"x",
+            membership_version=group.membership_version + 7,
+        ),
+        metadata=alice.md,
+    )
+    assert stale.membership_changed.current_membership_version == group.membership_version
+    current = await messaging.stub.SendGroupMessage(
+        M.SendGroupMessageRequest(
+            message_id=str(uuid.uuid4()),
+            group_id=group.group_id,
+            ciphertext=b"x",
+            membership_version=group.membership_version,
+        ),
+        metadata=alice.md,
+    )
+    assert current.HasField("accepted")
+
+
+async def _invalid(call: object) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    return trailers(err.value)["conclave-error-reason"]
+
+
+async def test_size_and_envelope_limits(messaging: MessagingHarness) -> None:
+    """Oversize or empty ciphertexts, duplicate, self or third-party devices: INVALID_ARGUMENT."""
+    alice, bob, eve = messaging.device(), messaging.device(), messaging.device()
+    group = await messaging.group(alice, bob)
+    stub = messaging.stub
+
+    def group_send(data: bytes) -> object:
+        return stub.SendGroupMessage(
+            M.SendGroupMessageRequest(
+                message_id=str(uuid.uuid4()), group_id=group.group_id, ciphertext=data
+            ),
+            metadata=alice.md,
+        )
+
+    assert await _invalid(group_send(b"x" * (256 * KIB + 1))) == "CIPHERTEXT_SIZE"
+    assert await _invalid(group_send(b"")) == "CIPHERTEXT_SIZE"
+    ok = await group_send(b"x" * (256 * KIB))  # type: ignore[misc]
+    assert ok.HasField("accepted")
+
+    def direct(*cts: M.DeviceCiphertext) -> object:
+        return stub.SendDirectMessage(
+            M.SendDirectMessageRequest(
+                message_id=str(uuid.uuid4()), recipient_account_id=bob.account_id, ciphertexts=cts
+            ),
+            metadata=alice.md,
+        )
+
+    bob2 = messaging.device(bob.account_id)
+    assert await _invalid(direct(_ct(bob, b"x" * (96 * KIB + 1)))) == "CIPHERTEXT_SIZE"
+    assert await _invalid(direct(_ct(bob, b"a"), _ct(bob, b"b"))) == "DUPLICATE_DEVICE"
+    assert await _invalid(direct(_ct(bob, b"a"), _ct(eve, b"b"))) == "THIRD_ACCOUNT"
+    assert await _invalid(direct(_ct(bob, b"a"), _ct(alice, b"b"))) == "SELF_DEVICE"
+    many = [_ct(messaging.device(bob.account_id)) for _ in range(33)]
+    await _invalid(direct(*many))
+    await _invalid(direct(_ct(bob, b"a", M.CIPHERTEXT_KIND_UNSPECIFIED)))
+    await _invalid(direct())
+    fine = await direct(_ct(bob, b"x" * (96 * KIB)), _ct(bob2))  # type: ignore[misc]
+    assert fine.HasField("accepted")
+
+
+async def test_revoked_session_stream_gets_session_closed(messaging: MessagingHarness) -> None:
+    """A session.revoked event closes its stream: session_closed, then UNAUTHENTICATED."""
+    bob = messaging.device()
+    listener = await messaging.subscribe(bob)
+    event = events_pb2.SessionRevoked(
+        event_id=str(uuid.uuid4()),
+        account_id=bob.account_id,
+        session_id=bob.session_id,
+        device_id=bob.device_id,
+        reason=auth_pb2.SESSION_END_REASON_LOGOUT,
+    )
+    await messaging.runtime.resources.js.publish(
+        "conclave.events.session.revoked",
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": event.event_id},
+    )
+    async with asyncio.timeout(1.0):  # the contract: within one second
+        await listener.done.wait()
+    assert listener.items[-1].session_closed.reason == auth_pb2.SESSION_END_REASON_LOGOUT
+    assert listener.error is not None
+    assert listener.error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_newer_stream_of_a_device_replaces_the_older(messaging: MessagingHarness) -> None:
+    """A second Subscribe from one device ends the first with ABORTED."""
+    bob = messaging.device()
+    first = await messaging.subscribe(bob)
+    second = await messaging.subscribe(bob)
+    async with asyncio.timeout(2):
+        await first.done.wait()
+    assert first.error is not None and first.error.code() == grpc.StatusCode.ABORTED
+    assert not second.done.is_set()
+
+
+async def test_ack_rejects_foreign_and_malformed_tokens(messaging: MessagingHarness) -> None:
+    """Tokens of another device or of no shape at all are INVALID_ARGUMENT."""
+    alice, bob = messaging.device(), messaging.device()
+    group = await messaging.group(alice, bob)
+    await messaging.send(alice, group.group_id)
+    listener = await messaging.subscribe(bob)
+    (got,) = await listener.wait_for(1)
+    call = messaging.stub.AckMessages(
+        M.AckMessagesRequest(delivery_tokens=[got.delivery_token]), metadata=alice.md
+    )
+    assert await _invalid(call) == "FOREIGN_DELIVERY_TOKEN"
+    for bad in ("", "x", "a.b.c", f"{bob.device_id}.direct.-1"):
+        call = messaging.stub.AckMessages(
+            M.AckMessagesRequest(delivery_tokens=[bad]), metadata=bob.md
+        )
+        await _invalid(call)
