@@ -12,6 +12,7 @@ import grpc
 import pytest
 from conclave.media.v1 import media_pb2 as M
 from conclave_crypto.attachments import decrypt_attachment, encrypt_attachment
+from conclave_kit.ratelimit import Limit
 from conclave_media.config import MediaConfig
 from conclave_media.manager import blob_key, id_hash, new_media_id
 from conclave_media.storage import ChunkMissing
@@ -430,3 +431,87 @@ async def test_expired_blobs_are_not_served_and_purged_everywhere(media: MediaHa
         await _assert_gone(media, mid, 5)
     assert await media.storage.count_messages() < messages_before
     assert await media.manager.purge_expired() == 0
+
+
+async def test_creating_uploads_is_rate_limited_per_account(start_media: StartMedia) -> None:
+    """Past the burst, CreateUpload is RESOURCE_EXHAUSTED with a retry-after trailer; other
+    accounts are unaffected."""
+    media = await start_media(MediaConfig(upload_limit=Limit("media uploads", 2.0, 0.01)))
+    alice, bob = User(), User()
+    data = ciphertext(10)
+    await media.create(alice, data, chunk_size=64 * KIB)
+    await media.create(alice, data, chunk_size=64 * KIB)
+    err = await _error(media.create(alice, data, chunk_size=64 * KIB))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert trailers(err)["conclave-error-reason"] == "RATE_LIMITED"
+    assert int(trailers(err)["retry-after"]) >= 1
+    await media.create(bob, data, chunk_size=64 * KIB)
+
+
+async def test_racing_streams_on_one_upload_store_each_chunk_once(media: MediaHarness) -> None:
+    """Two streams sending the same upload at once (a client retrying too early, or two
+    replicas): chunks are written in order under the row lock, the loser is told the
+    offset, and the blob that completes is exactly the data."""
+    alice = User()
+    data = ciphertext(8 * 64 * KIB)
+    created = await media.create(alice, data, chunk_size=64 * KIB)
+
+    async def send() -> M.UploadChunksResponse | grpc.aio.AioRpcError:
+        try:
+            return await media.stub.UploadChunks(
+                requests(created.media_id, data, 64 * KIB), metadata=media.auth(alice)
+            )
+        except grpc.aio.AioRpcError as err:
+            return err
+
+    results = await asyncio.gather(send(), send())
+    errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(errors) >= 1
+    assert {trailers(e)["conclave-error-reason"] for e in errors} <= {
+        "WRONG_OFFSET",
+        "ALREADY_COMPLETE",
+    }
+    status = await media.stub.GetUploadStatus(
+        M.GetUploadStatusRequest(media_id=created.media_id), metadata=media.auth(alice)
+    )
+    if not status.complete:  # the winner was itself pushed off: finish from the status
+        await media.stub.UploadChunks(
+            requests(created.media_id, data, 64 * KIB, start=status.next_offset),
+            metadata=media.auth(alice),
+        )
+    assert await media.download(alice, created.media_id) == data
+
+
+async def test_purges_on_several_replicas_at_once_delete_each_blob_once(
+    start_media: StartMedia,
+) -> None:
+    """Two replicas purging together split the expired blobs between them (SKIP LOCKED)
+    and together remove all of them."""
+    first = await start_media(MediaConfig())
+    second = await start_media(MediaConfig())
+    alice = User()
+    data = ciphertext(130 * KIB)
+    ids = [await first.upload(alice, data, chunk_size=64 * KIB) for _ in range(6)]
+    for replica in (first, second):
+        replica.clock.advance(31 * 24 * 3600)
+    counts = await asyncio.gather(
+        first.manager.purge_expired(batch=1), second.manager.purge_expired(batch=1)
+    )
+    assert sum(counts) >= len(ids)
+    for mid in ids:
+        await _assert_gone(first, mid, 3)
+
+
+async def test_erasing_an_account_deletes_its_blobs_only(media: MediaHarness) -> None:
+    """``erase_account`` (for issue #7's erasure) removes every blob and upload of the
+    account, rows and objects, and nothing of anyone else; running it again is a no-op."""
+    alice, bob = User(), User()
+    data = ciphertext(70 * KIB)
+    mine = [await media.upload(alice, data, chunk_size=64 * KIB) for _ in range(2)]
+    pending = await media.create(alice, data, chunk_size=64 * KIB)
+    theirs = await media.upload(bob, data, chunk_size=64 * KIB)
+    assert await media.manager.erase_account(alice.account_id) == 3
+    for mid in (*mine, pending.media_id):
+        await _assert_gone(media, mid, 2)
+    assert await media.download(bob, theirs) == data
+    assert await media.manager.erase_account(alice.account_id) == 0

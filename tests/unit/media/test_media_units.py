@@ -38,8 +38,11 @@ def test_settings_are_read_and_checked() -> None:
             "CONCLAVE_MEDIA_QUOTA_BYTES": "0",
             "CONCLAVE_MEDIA_BLOB_TTL_SECONDS": "3600",
             "CONCLAVE_MEDIA_UPLOAD_TTL_SECONDS": "600",
+            "CONCLAVE_MEDIA_UPLOAD_BURST": "5",
+            "CONCLAVE_MEDIA_UPLOAD_PER_SECOND": "0.25",
         }
     )
+    assert (config.upload_limit.capacity, config.upload_limit.refill_per_second) == (5, 0.25)
     assert (config.max_file_bytes, config.quota_bytes) == (1048576, 0)
     assert (config.blob_ttl_seconds, config.upload_ttl_seconds) == (3600, 600)
     for name, value in (
@@ -48,6 +51,8 @@ def test_settings_are_read_and_checked() -> None:
         ("CONCLAVE_MEDIA_MAX_FILE_BYTES", str(2 * 1024**3)),
         ("CONCLAVE_MEDIA_QUOTA_BYTES", "-1"),
         ("CONCLAVE_MEDIA_BLOB_TTL_SECONDS", "1"),
+        ("CONCLAVE_MEDIA_UPLOAD_BURST", "0"),
+        ("CONCLAVE_MEDIA_UPLOAD_PER_SECOND", "0"),
     ):
         with pytest.raises(ConfigError) as err:
             MediaConfig.from_env({name: value})

@@ -13,6 +13,8 @@ Invariants this module enforces (each has a test):
   Download (``NOT_FOUND``), and another account's upload is ``NOT_FOUND`` to the
   uploader-only RPCs.
 * Quota is checked and reserved in one transaction under a per-account lock.
+* A chunk write is shielded from cancellation: a client vanishing mid-write cannot leave
+  half an object (orphaned messages no row points to) in the store.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from conclave_kit.errors import (
     ResourceExhausted,
 )
 from conclave_kit.logs import get_logger
+from conclave_kit.ratelimit import RateLimiter
 
 from conclave_media import metrics, store
 from conclave_media.config import MediaConfig
@@ -159,6 +162,7 @@ class MediaManager:
         self._pool = pool
         self._storage = storage
         self._clock = clock
+        self._limits = RateLimiter(pool)
 
     @property
     def storage(self) -> ChunkStorage:
@@ -172,7 +176,8 @@ class MediaManager:
 
         Raises:
             InvalidArgument: Size 0 or over the limit, bad chunk size, digest not 32 bytes.
-            ResourceExhausted: The account's quota would be exceeded (QUOTA_EXCEEDED).
+            ResourceExhausted: The account's quota would be exceeded (QUOTA_EXCEEDED), or
+                it creates uploads too fast (RATE_LIMITED, with retry-after).
         """
         limit = self._cfg.max_file_bytes
         if size_bytes <= 0:
@@ -193,6 +198,7 @@ class MediaManager:
                 "ciphertext_sha256 must be the 32-byte SHA-256 of the ciphertext",
                 reason="INVALID_DIGEST",
             )
+        await self._limits.take(self._cfg.upload_limit, account_id)
         media_id = new_media_id()
         hashed = id_hash(media_id)
         now = self._clock()
@@ -294,7 +300,9 @@ class MediaManager:
                     "not stored, send it again",
                     reason="CHUNK_DIGEST_MISMATCH",
                 )
-            row, index = await self._store_chunk(account_id, hashed, chunk)
+            # Shielded: if the client goes away, the write in progress still finishes (or
+            # fails) as a whole; the stream then ends at the next chunk it waits for.
+            row, index = await asyncio.shield(self._store_chunk(account_id, hashed, chunk))
             metrics.UPLOADED_BYTES.inc(len(chunk.data))
             if first_index is None:
                 first_index = index
@@ -305,7 +313,7 @@ class MediaManager:
         if row["chunks_received"] < _chunk_count(row["size_bytes"], row["chunk_size"]):
             return _status(row)
         digest = hasher.digest() if first_index == 0 else None
-        return await self._finish(hashed, digest)
+        return await asyncio.shield(self._finish(hashed, digest))
 
     async def _store_chunk(
         self, account_id: str, hashed: bytes, chunk: Chunk
@@ -497,9 +505,12 @@ class MediaManager:
         Safe to run on several replicas at once (rows are claimed with SKIP LOCKED) and
         idempotent. The retention purge job calls it.
 
+        Also drops idle rate-limit buckets (full again, so they carry no information).
+
         Returns:
             How many blobs were deleted.
         """
+        await self._limits.purge_idle(self._cfg.upload_limit.seconds_to_full)
         now = self._clock()
         return await self._delete_batches(
             lambda conn: store.lock_expired(conn, now, batch), "expired"
