@@ -12,6 +12,7 @@ from conclave.common.v1 import types_pb2
 from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2 as M
 from conclave_messaging import streams
+from prometheus_client import REGISTRY
 
 from tests.integration.messaging.conftest import Device, MessagingHarness
 from tests.support import trailers
@@ -49,6 +50,7 @@ async def test_group_message_reaches_100_members_exactly_once(messaging: Messagi
     own = await messaging.subscribe(sender)
     info = await messaging.runtime.resources.js.stream_info(streams.GROUPS_STREAM)
     before = info.state.messages
+    before_metrics = _metrics()
     sent = [await messaging.send(sender, group.group_id, f"m{i}".encode()) for i in range(3)]
     info = await messaging.runtime.resources.js.stream_info(streams.GROUPS_STREAM)
     assert info.state.messages - before == 3  # persisted once each, not once per member
@@ -61,6 +63,29 @@ async def test_group_message_reaches_100_members_exactly_once(messaging: Messagi
     await asyncio.sleep(0.2)
     assert all(len(listener.messages) == 3 for listener in listeners)  # no duplicates
     assert own.messages == []  # the sending device is not sent its own message
+    grown = {k: v - before_metrics[k] for k, v in _metrics().items()}
+    assert grown["sent"] == 3
+    assert grown["fanout_count"] == 3 and grown["fanout_sum"] == 300  # member accounts
+    assert grown["deliveries"] == 300  # 99 members + the sender's other device, 3 times
+    assert grown["push_count"] == 300
+    assert _sample("conclave_messaging_connected_devices") >= 101
+
+
+def _sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def _metrics() -> dict[str, float]:
+    """The messaging metrics one group send should move (no ids in any label)."""
+    return {
+        "sent": _sample("conclave_messaging_messages_sent_total", {"kind": "group"}),
+        "fanout_count": _sample("conclave_messaging_fanout_recipients_count", {"kind": "group"}),
+        "fanout_sum": _sample("conclave_messaging_fanout_recipients_sum", {"kind": "group"}),
+        "deliveries": _sample("conclave_messaging_deliveries_total"),
+        "push_count": _sample(
+            "conclave_messaging_send_to_push_seconds_count", {"group_size": "11-100"}
+        ),
+    }
 
 
 async def test_offline_device_catches_up_and_unacked_items_return(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2 as M
 from conclave_kit.errors import ConclaveError, Unauthenticated, Unavailable
 from conclave_kit.logs import get_logger
+from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
@@ -50,11 +52,14 @@ from conclave_messaging.metrics import (
     LOCAL_FEEDS,
     REDELIVERIES,
     SEND_TO_PUSH_SECONDS,
+    STREAM_BACKLOG,
 )
 
 _log = get_logger("conclave.messaging.fanout")
 DEFAULT_MAX_UNACKED = 1000
 MAX_UNACKED = 10_000
+# Core NATS subject announcing a newly opened stream of a device (payload: its nonce).
+TAKEOVER_PREFIX = "conclave.msg.stream."
 
 
 class Aborted(ConclaveError):
@@ -100,6 +105,7 @@ class DeviceStream:
     previously: dict[str, int] = field(default_factory=dict)
     closing: ConclaveError | None = None
     close_reason: int = 0
+    nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def close(self, error: ConclaveError, reason: int = 0) -> None:
         """Asks the stream to end with ``error`` (after ``session_closed`` if reason)."""
@@ -112,10 +118,13 @@ class DeviceStream:
 class Feed:
     """One ordered push consumer on a subject, copying messages to local listeners."""
 
-    def __init__(self, js: JetStreamContext, subject: str, conversation: str) -> None:
+    def __init__(
+        self, js: JetStreamContext, subject: str, conversation: str, queued: list[int]
+    ) -> None:
         self.subject = subject
         self.conversation = conversation
         self.listeners: dict[DeviceStream, int] = {}
+        self._queued = queued  # shared per-stream counter of items waiting in device queues
         self._sub: Subscription | None = None
         self._task = asyncio.create_task(self._start(js), name=f"feed-start-{conversation}")
         LOCAL_FEEDS.inc()
@@ -150,9 +159,17 @@ class Feed:
         push = Push(self.conversation, seq, delivery, size)
         # The sending device has the plaintext already; its other devices get a copy.
         sender = delivery.sender.device_id
+        queued = 0
         for ds, floor in self.listeners.items():
             if seq > floor and ds.who.device_id != sender:
                 ds.queue.put_nowait(push)
+                queued += 1
+        self._queued[0] += queued
+
+    @property
+    def pending(self) -> int:
+        """Messages received from NATS and not yet fanned out."""
+        return 0 if self._sub is None else self._sub.pending_msgs
 
     async def stop(self) -> None:
         """Unsubscribes (after the start finished)."""
@@ -168,12 +185,15 @@ class Hub:
     """This process's device streams and feeds.
 
     Args:
+        nats: The NATS connection (core subjects: stream take-over announcements).
         js: JetStream context.
         pool: Pool on the ``messaging`` schema (cursors, join sequences).
     """
 
-    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool) -> None:
+    def __init__(self, nats: NatsClient, js: JetStreamContext, pool: asyncpg.Pool) -> None:
+        self._nats = nats
         self._js = js
+        self._process = uuid.uuid4().hex  # tells this process's announcements apart
         self._pool = pool
         self._streams: dict[str, DeviceStream] = {}
         self._by_account: dict[str, set[DeviceStream]] = {}
@@ -181,6 +201,16 @@ class Hub:
         self._versions: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._events: Subscription | None = None
+        self._takeovers: Subscription | None = None
+        self._queued = {streams.GROUPS_STREAM: [0], streams.DIRECT_STREAM: [0]}
+        for name, counter in self._queued.items():
+            STREAM_BACKLOG.labels(name).set_function(
+                lambda name=name, counter=counter: counter[0] + self._pending(name)  # type: ignore[misc]
+            )
+
+    def _pending(self, stream: str) -> int:
+        prefix = streams.GROUP_PREFIX if stream == streams.GROUPS_STREAM else streams.DEVICE_PREFIX
+        return sum(f.pending for s, f in self._feeds.items() if s.startswith(prefix))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -195,6 +225,15 @@ class Hub:
                 return
             await self.on_membership(event)
 
+        async def on_takeover(msg: Msg) -> None:
+            # Another replica opened a stream for this device: one stream per device.
+            # Local replacements are handled in _register; only other processes count.
+            origin, _, _nonce = msg.data.decode(errors="replace").partition(":")
+            ds = self._streams.get(msg.subject.rsplit(".", 1)[-1])
+            if ds is not None and origin != self._process:
+                ds.close(Aborted("a newer stream of this device replaced this one"))
+
+        self._takeovers = await self._nats.subscribe(TAKEOVER_PREFIX + "*", cb=on_takeover)
         self._events = await self._js.subscribe(
             GROUP_MEMBERSHIP,
             cb=on_event,
@@ -206,9 +245,10 @@ class Hub:
         """Ends every stream and subscription (shutdown)."""
         for ds in list(self._streams.values()):
             ds.close(Unavailable("server shutting down; reconnect"))
-        if self._events is not None:
-            with contextlib.suppress(Exception):
-                await self._events.unsubscribe()
+        for sub in (self._events, self._takeovers):
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
         for feed in list(self._feeds.values()):
             await feed.stop()
         self._feeds.clear()
@@ -224,10 +264,11 @@ class Hub:
 
     def _attach(self, ds: DeviceStream, conversation: str, floor: int) -> Feed:
         stream, subject = streams.locate(conversation, ds.who.device_id)
-        del stream
         feed = self._feeds.get(subject)
         if feed is None:
-            feed = self._feeds[subject] = Feed(self._js, subject, conversation)
+            feed = self._feeds[subject] = Feed(
+                self._js, subject, conversation, self._queued[stream]
+            )
         feed.listeners[ds] = floor
         ds.attached[conversation] = floor
         return feed
@@ -297,12 +338,28 @@ class Hub:
         self._streams[ds.who.device_id] = ds
         self._by_account.setdefault(ds.who.account_id, set()).add(ds)
         CONNECTED_DEVICES.inc()
+        # Tell other replicas (core NATS, best effort: a stale stream elsewhere at worst
+        # delivers duplicates, which clients drop by message id).
+        announcement = f"{self._process}:{ds.nonce}".encode()
+        self._spawn(self._nats.publish(TAKEOVER_PREFIX + ds.who.device_id, announcement))
+
+    def _dequeued(self, push: Push) -> None:
+        stream = (
+            streams.DIRECT_STREAM if push.conversation == streams.DIRECT else streams.GROUPS_STREAM
+        )
+        self._queued[stream][0] -= 1
 
     def _unregister(self, ds: DeviceStream) -> None:
         if self._streams.get(ds.who.device_id) is ds:
             del self._streams[ds.who.device_id]
         else:
             return
+        while not ds.queue.empty():  # items it will never push leave the backlog count
+            item = ds.queue.get_nowait()
+            if isinstance(item, Push):
+                self._dequeued(item)
+        if ds.closing is not None:
+            ds.queue.put_nowait(_WAKE)  # the drain took its wake-up; it must still end
         CONNECTED_DEVICES.dec()
         group = self._by_account.get(ds.who.account_id)
         if group is not None:
@@ -393,6 +450,7 @@ class Hub:
             while ds.closing is None:
                 item = await ds.queue.get()
                 if isinstance(item, Push):
+                    self._dequeued(item)
                     conversation = item.conversation
                     live_floor = ds.attached.get(conversation)
                     if (

@@ -36,7 +36,7 @@ def build_spec(config: MessagingConfig, clock: Clock | None = None) -> ServiceSp
         relay = OutboxRelay(resources.pool, resources.js)
         relay.start()
         resources.on_shutdown(relay.stop)
-        hub = Hub(resources.js, resources.pool)
+        hub = Hub(resources.nats, resources.js, resources.pool)
         await hub.start()
         resources.on_shutdown(hub.stop)
         resources.revocations.add_listener(hub.on_revoked)
