@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
+import structlog
 from conclave.media.v1 import media_pb2 as M
 from conclave_crypto.attachments import decrypt_attachment, encrypt_attachment
+from conclave_kit.logs import configure_logging
 from conclave_kit.ratelimit import Limit
 from conclave_media.config import MediaConfig
 from conclave_media.manager import blob_key, id_hash, new_media_id
@@ -515,3 +519,39 @@ async def test_erasing_an_account_deletes_its_blobs_only(media: MediaHarness) ->
         await _assert_gone(media, mid, 2)
     assert await media.download(bob, theirs) == data
     assert await media.manager.erase_account(alice.account_id) == 0
+
+
+async def test_logs_and_metrics_name_no_media_id(media: MediaHarness) -> None:
+    """Debug logs of a whole lifecycle (create, upload, digest mismatch, download, delete,
+    purge) contain neither media ids nor their full hashes; media metrics carry no ids."""
+    logs = io.StringIO()
+    saved = (structlog.get_config(), logging.root.handlers[:], logging.root.level)
+    configure_logging("media", "debug", stream=logs)
+    alice = User()
+    data = ciphertext(70 * KIB)
+    try:
+        mid = await media.upload(alice, data, chunk_size=64 * KIB)
+        await media.download(alice, mid)
+        bad = await media.create(alice, data, chunk_size=64 * KIB, digest=sha256(b"no"))
+        await _error(
+            media.stub.UploadChunks(
+                requests(bad.media_id, data, 64 * KIB), metadata=media.auth(alice)
+            )
+        )
+        await media.stub.DeleteMedia(M.DeleteMediaRequest(media_id=mid), metadata=media.auth(alice))
+        media.clock.advance(31 * 24 * 3600)
+        await media.manager.purge_expired()
+    finally:
+        structlog.configure(**saved[0])
+        logging.root.handlers[:] = saved[1]
+        logging.root.setLevel(saved[2])
+    text = logs.getvalue()
+    assert "upload_completed" in text and "upload_digest_mismatch" in text
+    for media_id in (mid, bad.media_id):
+        assert media_id not in text
+        assert id_hash(media_id).hex() not in text
+        assert base64.b64encode(id_hash(media_id)).decode() not in text
+    for family in REGISTRY.collect():
+        if family.name.startswith("conclave_media_"):
+            for sample in family.samples:
+                assert set(sample.labels) <= {"outcome", "kind", "le"}, sample
