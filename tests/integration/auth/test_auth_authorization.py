@@ -182,3 +182,54 @@ async def test_revocation_reaches_another_service_within_one_second(
         assert elapsed < 1.0
     finally:
         await other.stop()
+
+
+async def test_services_fetch_token_keys_from_auth(
+    auth: AuthHarness, service_env: dict[str, str]
+) -> None:
+    """A service configured with CONCLAVE_TOKEN_KEYS_FROM trusts auth's published keys."""
+    keys_desc = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
+
+    class Counts:
+        async def GetPrekeyCounts(self, request: object, context: object) -> object:
+            return keys_pb2.GetPrekeyCountsResponse()
+
+    env = {k: v for k, v in service_env.items() if k != "CONCLAVE_TOKEN_VERIFY_KEYS"}
+    env.update(
+        {
+            "CONCLAVE_TOKEN_KEYS_FROM": f"127.0.0.1:{auth.runtime.grpc_port}",
+            "CONCLAVE_FETCHER_GRPC_PORT": "0",
+            "CONCLAVE_FETCHER_METRICS_PORT": "0",
+        }
+    )
+    config = ServiceConfig.from_env(
+        "fetcher", default_grpc_port=0, default_metrics_port=0, environ=env
+    )
+    other = ServiceRuntime(
+        ServiceSpec(
+            name="fetcher",
+            grpc_services=(keys_desc.full_name,),
+            migrations_package="tests.integration.kit.fixture_migrations_a",
+            register=lambda server, res: add_service(server, keys_desc, Counts(), "test"),
+            default_grpc_port=0,
+            default_metrics_port=0,
+        ),
+        config,
+    )
+    await other.start()
+    try:
+        assert other.verifier.key_ids == {auth.config.signing_key_id}
+        tokens = await auth.user(unique("tess"))
+        forged = TokenSigner.generate(auth.config.signing_key_id).mint(
+            account_id=tokens.account_id, device_id=tokens.device_id, session_id=tokens.session_id
+        )
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.grpc_port}") as channel:
+            stub = keys_pb2_grpc.KeyServiceStub(channel)
+            await stub.GetPrekeyCounts(keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(tokens))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.GetPrekeyCounts(
+                    keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(forged)
+                )
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await other.stop()

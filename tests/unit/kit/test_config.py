@@ -88,3 +88,17 @@ def test_service_process_prints_one_line_and_exits_2() -> None:
         "conclave-keys: configuration error: CONCLAVE_KEYS_GRPC_PORT: expected an integer "
         "in 0..65535, got 'not-a-port'"
     ]
+
+
+def test_token_keys_from_auth_replaces_static_keys() -> None:
+    """Without static keys, the auth address to fetch them from is required."""
+    env = {k: v for k, v in GOOD.items() if k != "CONCLAVE_TOKEN_VERIFY_KEYS"}
+    with pytest.raises(ConfigError, match="required unless CONCLAVE_TOKEN_KEYS_FROM"):
+        ServiceConfig.from_env("keys", default_grpc_port=1, default_metrics_port=2, environ=env)
+    cfg = ServiceConfig.from_env(
+        "keys",
+        default_grpc_port=1,
+        default_metrics_port=2,
+        environ={**env, "CONCLAVE_TOKEN_KEYS_FROM": "127.0.0.1:50051"},
+    )
+    assert cfg.token_verify_keys == {} and cfg.token_keys_from == "127.0.0.1:50051"

@@ -170,7 +170,9 @@ class ServiceConfig:
         shutdown_grace_seconds: How long in-flight RPCs may run after SIGTERM.
         startup_timeout_seconds: How long to wait for Postgres and NATS at start-up.
         fresh_auth_seconds: How recent password + TOTP must be for AUTH_MODE_FRESH RPCs.
-        token_verify_keys: Ed25519 public keys for access tokens, by key id.
+        token_verify_keys: Ed25519 public keys for access tokens, by key id (static).
+        token_keys_from: Auth service address to fetch (and keep refreshing) the current
+            verification keys from, so a rotated signing key is picked up without restarts.
         ports_file: If set, the bound ports are written there as JSON (launcher, tests).
     """
 
@@ -187,6 +189,7 @@ class ServiceConfig:
     startup_timeout_seconds: float
     fresh_auth_seconds: float
     token_verify_keys: dict[str, bytes] = field(repr=False)
+    token_keys_from: str | None = None
     ports_file: str | None = None
 
     @classmethod
@@ -217,6 +220,24 @@ class ServiceConfig:
         database_url = env.text("CONCLAVE_DATABASE_URL")
         if not database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigError("CONCLAVE_DATABASE_URL: expected a postgresql:// URL")
+        keys_from = env.optional_text("CONCLAVE_TOKEN_KEYS_FROM")
+        if keys_from is not None and ":" not in keys_from:
+            raise ConfigError(
+                "CONCLAVE_TOKEN_KEYS_FROM: expected host:port of the auth service, "
+                f"got {keys_from!r}"
+            )
+        if env.optional_text("CONCLAVE_TOKEN_VERIFY_KEYS") is None and keys_from is not None:
+            keys: dict[str, bytes] = {}
+        else:
+            try:
+                keys = env.key_map("CONCLAVE_TOKEN_VERIFY_KEYS")
+            except ConfigError as err:
+                if "required but not set" in str(err):
+                    raise ConfigError(
+                        "CONCLAVE_TOKEN_VERIFY_KEYS: required unless CONCLAVE_TOKEN_KEYS_FROM "
+                        "names the auth service to fetch keys from"
+                    ) from None
+                raise
         return cls(
             service=service,
             grpc_host=env.text("CONCLAVE_GRPC_HOST", "127.0.0.1"),
@@ -230,6 +251,7 @@ class ServiceConfig:
             shutdown_grace_seconds=env.seconds("CONCLAVE_SHUTDOWN_GRACE_SECONDS", 10.0),
             startup_timeout_seconds=env.seconds("CONCLAVE_STARTUP_TIMEOUT_SECONDS", 60.0),
             fresh_auth_seconds=env.seconds("CONCLAVE_FRESH_AUTH_SECONDS", 600.0, minimum=1.0),
-            token_verify_keys=env.key_map("CONCLAVE_TOKEN_VERIFY_KEYS"),
+            token_verify_keys=keys,
+            token_keys_from=keys_from,
             ports_file=env.optional_text(f"{prefix}_PORTS_FILE"),
         )

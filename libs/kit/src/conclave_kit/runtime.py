@@ -39,6 +39,7 @@ from conclave_kit.config import ConfigError, ServiceConfig
 from conclave_kit.database import create_pool
 from conclave_kit.errors import ConclaveError, Unavailable
 from conclave_kit.interceptor import ServerInterceptor
+from conclave_kit.keyfetch import VerificationKeyFetcher
 from conclave_kit.logs import configure_logging, get_logger
 from conclave_kit.migrations import MigrationError, apply_migrations, load_migrations
 from conclave_kit.nats_bus import connect_nats, ensure_stream, events_stream_config
@@ -147,8 +148,9 @@ class ServiceRuntime:
         self.resources = Resources(config)
         self.health = health_aio.HealthServicer()
         self._ready = False
+        self.verifier = TokenVerifier(config.token_verify_keys)
         gate = AuthGate(
-            TokenVerifier(config.token_verify_keys),
+            self.verifier,
             fresh_auth_seconds=config.fresh_auth_seconds,
             is_revoked=self.resources.revocations.is_revoked,
             clock=clock,
@@ -240,6 +242,13 @@ class ServiceRuntime:
         res._js = res._nats.jetstream()
         await ensure_stream(res._js, events_stream_config(cfg.stream_replicas))
         await res.revocations.subscribe(res._js)
+        if cfg.token_keys_from:
+            fetcher = VerificationKeyFetcher(
+                cfg.token_keys_from, self.verifier, cfg.token_verify_keys
+            )
+            await fetcher.fetch_until(cfg.startup_timeout_seconds)
+            fetcher.start()
+            res.on_shutdown(fetcher.stop)
         for setup in self.spec.extra_setup:
             result = setup(res)
             if asyncio.iscoroutine(result):

@@ -127,6 +127,15 @@ class TokenVerifier:
         self._keys = {kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in keys.items()}
         self._leeway = leeway_seconds
 
+    def set_keys(self, keys: Mapping[str, bytes]) -> None:
+        """Replaces the trusted keys (key rotation); raw 32-byte Ed25519 keys by id."""
+        self._keys = {kid: Ed25519PublicKey.from_public_bytes(raw) for kid, raw in keys.items()}
+
+    @property
+    def key_ids(self) -> frozenset[str]:
+        """Ids of the keys currently trusted."""
+        return frozenset(self._keys)
+
     def verify(self, token: str, *, now: int | None = None) -> Claims:
         """Checks signature, key id, issuer and lifetime, and returns the claims.
 
