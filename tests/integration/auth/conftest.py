@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,10 +16,13 @@ import pyotp
 import pytest
 from conclave.auth.v1 import auth_pb2 as A
 from conclave.auth.v1 import auth_pb2_grpc
+from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
 from conclave_auth.config import AuthConfig
 from conclave_auth.server import build_spec
+from conclave_kit.config import ServiceConfig
 from conclave_kit.logs import configure_logging
-from conclave_kit.runtime import ServiceRuntime
+from conclave_kit.pending import add_service
+from conclave_kit.runtime import ServiceRuntime, ServiceSpec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -135,5 +139,56 @@ async def auth(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Aut
     await runtime.resources.pool.execute("TRUNCATE rate_limit_buckets")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
     yield AuthHarness(runtime, config, channel, auth_pb2_grpc.AuthServiceStub(channel), clock, logs)
+    await channel.close(None)
+    await runtime.stop()
+
+
+class _PrekeyCounts:
+    """Stands in for another service: one authenticated RPC that always succeeds."""
+
+    async def GetPrekeyCounts(self, request: object, context: object) -> object:
+        return keys_pb2.GetPrekeyCountsResponse()
+
+
+def other_service_runtime(
+    name: str, env: dict[str, str], clock: MovableClock | None = None
+) -> ServiceRuntime:
+    """A second service process-alike (KeyService.GetPrekeyCounts) on the kit runtime."""
+    keys = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
+    env = {
+        **env,
+        f"CONCLAVE_{name.upper()}_GRPC_PORT": "0",
+        f"CONCLAVE_{name.upper()}_METRICS_PORT": "0",
+    }
+    config = ServiceConfig.from_env(name, default_grpc_port=0, default_metrics_port=0, environ=env)
+    return ServiceRuntime(
+        ServiceSpec(
+            name=name,
+            grpc_services=(keys.full_name,),
+            migrations_package="tests.integration.kit.fixture_migrations_a",
+            register=lambda server, res: add_service(server, keys, _PrekeyCounts(), "test"),
+            default_grpc_port=0,
+            default_metrics_port=0,
+        ),
+        config,
+        clock=time.time if clock is None else (lambda: clock().timestamp()),
+    )
+
+
+@pytest.fixture
+async def other_service(
+    auth: AuthHarness, service_env: dict[str, str]
+) -> AsyncIterator[keys_pb2_grpc.KeyServiceAsyncStub]:
+    """Another service trusting auth's keys; yields a stub for its GetPrekeyCounts."""
+    verify = ",".join(
+        f"{kid}:" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        for kid, raw in auth.config.service.token_verify_keys.items()
+    )
+    runtime = other_service_runtime(
+        "other", {**service_env, "CONCLAVE_TOKEN_VERIFY_KEYS": verify}, auth.clock
+    )
+    await runtime.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
+    yield keys_pb2_grpc.KeyServiceStub(channel)
     await channel.close(None)
     await runtime.stop()

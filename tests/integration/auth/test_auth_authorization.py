@@ -4,20 +4,16 @@ and revocation reaching another service within one second."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 
 import grpc
 import pytest
 from conclave.auth.v1 import auth_pb2 as A
 from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
-from conclave_kit.config import ServiceConfig
-from conclave_kit.pending import add_service
-from conclave_kit.runtime import ServiceRuntime, ServiceSpec
 from conclave_kit.tokens import TokenSigner
 from google.protobuf import message_factory
 
-from tests.integration.auth.conftest import AuthHarness, bearer, unique
+from tests.integration.auth.conftest import AuthHarness, bearer, other_service_runtime, unique
 from tests.support import trailers
 
 pytestmark = pytest.mark.integration
@@ -117,105 +113,93 @@ async def test_fresh_rpcs_need_recent_authentication(auth: AuthHarness) -> None:
 
 
 async def test_revocation_reaches_another_service_within_one_second(
-    auth: AuthHarness, service_env: dict[str, str]
+    auth: AuthHarness, other_service: keys_pb2_grpc.KeyServiceAsyncStub
 ) -> None:
     """After RevokeSession, a different service rejects the session's token in < 1 s."""
-    keys_desc = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
-
-    class Counts:
-        async def GetPrekeyCounts(self, request: object, context: object) -> object:
-            return keys_pb2.GetPrekeyCountsResponse()
-
-    verify_keys = auth.runtime.config.token_verify_keys
-    env = {
-        **service_env,
-        "CONCLAVE_TOKEN_VERIFY_KEYS": ",".join(
-            f"{kid}:" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-            for kid, raw in verify_keys.items()
-        ),
-        "CONCLAVE_OTHER_GRPC_PORT": "0",
-        "CONCLAVE_OTHER_METRICS_PORT": "0",
-    }
-    config = ServiceConfig.from_env(
-        "other", default_grpc_port=0, default_metrics_port=0, environ=env
+    # Both sessions at real time (the other service's clock): the second device logs in
+    # with a recovery code instead of waiting for the next TOTP step.
+    name = unique("sam")
+    registration = await auth.register(name)
+    victim = (await auth.login(name, "stolen laptop")).tokens
+    owner = (await auth.login(name, "phone", recovery_code=registration.recovery_codes[0])).tokens
+    request = keys_pb2.GetPrekeyCountsRequest()
+    await other_service.GetPrekeyCounts(request, metadata=bearer(victim))
+    await auth.stub.RevokeSession(
+        A.RevokeSessionRequest(session_id=victim.session_id), metadata=bearer(owner)
     )
-    other = ServiceRuntime(
-        ServiceSpec(
-            name="other",
-            grpc_services=(keys_desc.full_name,),
-            migrations_package="tests.integration.kit.fixture_migrations_a",
-            register=lambda server, res: add_service(server, keys_desc, Counts(), "test"),
-            default_grpc_port=0,
-            default_metrics_port=0,
-        ),
-        config,
+    started = time.monotonic()
+    while True:
+        try:
+            await other_service.GetPrekeyCounts(request, metadata=bearer(victim))
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+            break
+        assert time.monotonic() - started < 1.0, "revocation took longer than 1 s"
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - started < 1.0
+    await other_service.GetPrekeyCounts(request, metadata=bearer(owner))
+
+
+async def test_new_device_waits_for_approval_when_policy_is_on(
+    auth: AuthHarness, other_service: keys_pb2_grpc.KeyServiceAsyncStub
+) -> None:
+    """With approval required, a new device is held at auth until an approved one says yes;
+    a rejected device is removed."""
+    name = unique("uma")
+    registration = await auth.register(name)
+    first = (await auth.login(name, "laptop")).tokens
+    await auth.stub.SetDeviceApprovalPolicy(
+        A.SetDeviceApprovalPolicyRequest(required=True), metadata=bearer(first)
     )
-    await other.start()
-    try:
-        # Both sessions at real time (the other service's clock): the second device logs
-        # in with a recovery code instead of waiting for the next TOTP step.
-        name = unique("sam")
-        registration = await auth.register(name)
-        victim = (await auth.login(name, "stolen laptop")).tokens
-        owner = (
-            await auth.login(name, "phone", recovery_code=registration.recovery_codes[0])
-        ).tokens
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.grpc_port}") as channel:
-            stub = keys_pb2_grpc.KeyServiceStub(channel)
-            await stub.GetPrekeyCounts(keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(victim))
-            await auth.stub.RevokeSession(
-                A.RevokeSessionRequest(session_id=victim.session_id), metadata=bearer(owner)
-            )
-            started = time.monotonic()
-            while True:
-                try:
-                    await stub.GetPrekeyCounts(
-                        keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(victim)
-                    )
-                except grpc.aio.AioRpcError as err:
-                    assert err.code() == grpc.StatusCode.UNAUTHENTICATED
-                    break
-                assert time.monotonic() - started < 1.0, "revocation took longer than 1 s"
-                await asyncio.sleep(0.01)
-            elapsed = time.monotonic() - started
-            await stub.GetPrekeyCounts(keys_pb2.GetPrekeyCountsRequest(), metadata=bearer(owner))
-        assert elapsed < 1.0
-    finally:
-        await other.stop()
+    auth.next_step()
+    reply = await auth.login(name, "new phone")
+    assert reply.approval_state == A.DEVICE_APPROVAL_STATE_PENDING
+    held = reply.tokens
+    request = keys_pb2.GetPrekeyCountsRequest()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await other_service.GetPrekeyCounts(request, metadata=bearer(held))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert trailers(err.value)["conclave-error-reason"] == "DEVICE_APPROVAL_PENDING"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await auth.stub.ApproveDevice(
+            A.ApproveDeviceRequest(device_id=held.device_id, approve=True), metadata=bearer(held)
+        )
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    pending = await auth.stub.ListPendingDevices(
+        A.ListPendingDevicesRequest(), metadata=bearer(first)
+    )
+    assert [d.device_id for d in pending.devices] == [held.device_id]
+    approved = await auth.stub.ApproveDevice(
+        A.ApproveDeviceRequest(device_id=held.device_id, approve=True), metadata=bearer(first)
+    )
+    assert approved.device.approval_state == A.DEVICE_APPROVAL_STATE_APPROVED
+    refreshed = await auth.stub.RefreshSession(
+        A.RefreshSessionRequest(refresh_token=held.refresh_token)
+    )
+    assert refreshed.approval_state == A.DEVICE_APPROVAL_STATE_APPROVED
+    await other_service.GetPrekeyCounts(request, metadata=bearer(refreshed.tokens))
+
+    # A recovery-code login is account recovery: not held. A rejected device is removed.
+    rescue = await auth.login(name, "rescue", recovery_code=registration.recovery_codes[1])
+    assert rescue.approval_state == A.DEVICE_APPROVAL_STATE_APPROVED
+    auth.next_step()
+    intruder = (await auth.login(name, "unknown tablet")).tokens
+    rejected = await auth.stub.ApproveDevice(
+        A.ApproveDeviceRequest(device_id=intruder.device_id, approve=False), metadata=bearer(first)
+    )
+    assert not rejected.HasField("device")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await auth.stub.ListSessions(A.ListSessionsRequest(), metadata=bearer(intruder))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_services_fetch_token_keys_from_auth(
     auth: AuthHarness, service_env: dict[str, str]
 ) -> None:
     """A service configured with CONCLAVE_TOKEN_KEYS_FROM trusts auth's published keys."""
-    keys_desc = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
-
-    class Counts:
-        async def GetPrekeyCounts(self, request: object, context: object) -> object:
-            return keys_pb2.GetPrekeyCountsResponse()
-
     env = {k: v for k, v in service_env.items() if k != "CONCLAVE_TOKEN_VERIFY_KEYS"}
-    env.update(
-        {
-            "CONCLAVE_TOKEN_KEYS_FROM": f"127.0.0.1:{auth.runtime.grpc_port}",
-            "CONCLAVE_FETCHER_GRPC_PORT": "0",
-            "CONCLAVE_FETCHER_METRICS_PORT": "0",
-        }
-    )
-    config = ServiceConfig.from_env(
-        "fetcher", default_grpc_port=0, default_metrics_port=0, environ=env
-    )
-    other = ServiceRuntime(
-        ServiceSpec(
-            name="fetcher",
-            grpc_services=(keys_desc.full_name,),
-            migrations_package="tests.integration.kit.fixture_migrations_a",
-            register=lambda server, res: add_service(server, keys_desc, Counts(), "test"),
-            default_grpc_port=0,
-            default_metrics_port=0,
-        ),
-        config,
-    )
+    env["CONCLAVE_TOKEN_KEYS_FROM"] = f"127.0.0.1:{auth.runtime.grpc_port}"
+    other = other_service_runtime("fetcher", env)
     await other.start()
     try:
         assert other.verifier.key_ids == {auth.config.signing_key_id}

@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from conclave.common.v1 import options_pb2
 from google.protobuf import descriptor_pool
 
-from conclave_kit.errors import PermissionDenied, Unauthenticated
+from conclave_kit.errors import FailedPrecondition, PermissionDenied, Unauthenticated
 from conclave_kit.tokens import Claims, TokenVerifier
 
 AuthMode = int
@@ -29,6 +29,7 @@ PUBLIC_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+_AUTH_SERVICE = "/conclave.auth.v1.AuthService/"
 _CLAIMS: ContextVar[Claims | None] = ContextVar("conclave_claims", default=None)
 
 RevocationCheck = Callable[[Claims], bool]
@@ -107,6 +108,7 @@ class AuthGate:
             Unauthenticated: Missing, malformed, expired or revoked token, or a token too
                 old for an AUTH_MODE_FRESH RPC (reason ``FRESH_AUTH_REQUIRED``).
             PermissionDenied: Valid token without the role the RPC needs.
+            FailedPrecondition: The device awaits approval (any service but auth).
         """
         mode = self.mode_for(method)
         if mode == MODE_NONE:
@@ -117,6 +119,13 @@ class AuthGate:
         claims = self._verifier.verify(token, now=int(self._clock()))
         if self._is_revoked is not None and self._is_revoked(claims):
             raise Unauthenticated("session has been revoked")
+        if claims.pending_approval and not method.startswith(_AUTH_SERVICE):
+            # The account requires approval of new devices: until an approved device says
+            # yes, this one may manage its session (auth) but not publish keys or message.
+            raise FailedPrecondition(
+                "this device is waiting for approval from another of your devices",
+                reason="DEVICE_APPROVAL_PENDING",
+            )
         if mode == MODE_FRESH and self._clock() - claims.auth_time > self._fresh:
             # The contract (options.proto) says UNAUTHENTICATED: the client's remedy is to
             # re-authenticate (AuthService.Reauthenticate), not to give up.

@@ -7,7 +7,8 @@ public key as secret).
 
 Claims: ``sub`` account id, ``dev`` device id, ``sid`` session id, ``iat``/``exp`` (short:
 5 minutes by default), ``auth_time`` (when password + TOTP last succeeded, for
-``AUTH_MODE_FRESH``), ``roles`` (``operator`` for administrative tokens), ``iss``.
+``AUTH_MODE_FRESH``), ``roles`` (``operator`` for administrative tokens), ``iss``, and
+``pending: true`` while the device awaits approval by another device of the account.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Claims:
         expires_at: Unix time after which it is rejected.
         auth_time: Unix time of the last successful password + TOTP check.
         roles: Extra roles (``operator``); empty for end users.
+        pending_approval: The device waits for approval by another device of the account;
+            only the auth service serves it until then.
     """
 
     account_id: str
@@ -50,6 +53,7 @@ class Claims:
     expires_at: int
     auth_time: int
     roles: tuple[str, ...] = field(default=())
+    pending_approval: bool = False
 
 
 def b64url(data: bytes) -> str:
@@ -97,6 +101,7 @@ class TokenSigner:
         session_id: str,
         auth_time: int | None = None,
         roles: tuple[str, ...] = (),
+        pending_approval: bool = False,
         now: int | None = None,
         ttl_seconds: int | None = None,
     ) -> str:
@@ -112,6 +117,8 @@ class TokenSigner:
             "auth_time": issued if auth_time is None else auth_time,
             "roles": list(roles),
         }
+        if pending_approval:
+            payload["pending"] = True
         return jwt.encode(payload, self._key, algorithm="EdDSA", headers={"kid": self.kid})
 
 
@@ -174,6 +181,7 @@ class TokenVerifier:
                 expires_at=int(data["exp"]),
                 auth_time=int(data["auth_time"]),
                 roles=tuple(str(r) for r in data.get("roles", [])),
+                pending_approval=data.get("pending") is True,
             )
         except Unauthenticated:
             raise

@@ -86,6 +86,7 @@ class IssuedSession:
     account_id: str
     device_id: str
     session_expires_at: datetime
+    approval_state: int = A.DEVICE_APPROVAL_STATE_APPROVED
 
 
 def _check_device_name(name: str) -> str:
@@ -96,6 +97,18 @@ def _check_device_name(name: str) -> str:
             reason="INVALID_DEVICE_NAME",
         )
     return cleaned
+
+
+def _device_message(row: asyncpg.Record) -> A.Device:
+    device = A.Device(
+        device_id=str(row["device_id"]),
+        name=row["name"],
+        platform=row["platform"],
+        approval_state=row["approval_state"],
+    )
+    device.create_time.FromDatetime(row["created_at"])
+    device.last_seen_time.FromDatetime(row["last_seen_at"])
+    return device
 
 
 def _check_claim_ids(claims: Claims) -> None:
@@ -221,7 +234,9 @@ class AuthManager:
         account_id = str(account["account_id"])
         await self._check_totp(account, code, now)
         async with self._pool.acquire() as conn, conn.transaction():
-            issued = await self._open_session(conn, account_id, None, name, device.platform, now)
+            issued = await self._open_session(
+                conn, account_id, None, name, device.platform, now, recovery=False
+            )
             await store.insert_audit(
                 conn,
                 account_id=account_id,
@@ -293,7 +308,13 @@ class AuthManager:
 
         async with self._pool.acquire() as conn, conn.transaction():
             issued = await self._open_session(
-                conn, account_id, wanted_device, name, device.platform, now
+                conn,
+                account_id,
+                wanted_device,
+                name,
+                device.platform,
+                now,
+                recovery=recovery_code is not None,
             )
             new_device = wanted_device is None
             await store.insert_audit(
@@ -425,11 +446,14 @@ class AuthManager:
         name: str,
         platform: int,
         now: datetime,
+        *,
+        recovery: bool,
     ) -> IssuedSession:
         if device_id is not None:
             row = await store.device(conn, device_id)
             if row is None or str(row["account_id"]) != account_id:
                 raise NotFound("device_id is not a device of this account")
+            approval = int(row["approval_state"])
             previous = await store.live_session_of_device(conn, device_id)
             if previous is not None:
                 await self._end(
@@ -438,19 +462,30 @@ class AuthManager:
             await store.touch_device(conn, device_id, now, name)
         else:
             # Serialise device creation per account so the cap holds under concurrency.
-            await store.account_by_id(conn, account_id, for_update=True)
+            account = await store.account_by_id(conn, account_id, for_update=True)
+            assert account is not None
             if await store.count_devices(conn, account_id) >= self._cfg.device_cap:
                 raise FailedPrecondition(
                     f"this account already has {self._cfg.device_cap} devices; "
                     "remove one (conclave sessions revoke ID --remove-device) first",
                     reason="DEVICE_CAP_REACHED",
                 )
+            # With the approval policy on, a new device waits for an approved one to vouch
+            # for it. Exceptions: the account's first device (nobody could approve it) and
+            # a recovery-code login (account recovery when the other devices are lost).
+            approval = A.DEVICE_APPROVAL_STATE_APPROVED
+            if (
+                account["device_approval_required"]
+                and not recovery
+                and await store.count_approved_devices(conn, account_id) > 0
+            ):
+                approval = A.DEVICE_APPROVAL_STATE_PENDING
             device_id = await store.insert_device(
                 conn,
                 account_id=account_id,
                 name=name,
                 platform=platform,
-                approval_state=A.DEVICE_APPROVAL_STATE_APPROVED,
+                approval_state=approval,
                 now=now,
             )
         absolute = now + timedelta(seconds=self._cfg.absolute_lifetime_seconds)
@@ -463,7 +498,9 @@ class AuthManager:
             absolute_expires_at=absolute,
             access_expires_at=access_expires,
         )
-        return await self._issue(conn, account_id, device_id, session_id, now, now, absolute)
+        return await self._issue(
+            conn, account_id, device_id, session_id, now, now, absolute, approval
+        )
 
     async def _issue(
         self,
@@ -474,6 +511,7 @@ class AuthManager:
         auth_time: datetime,
         now: datetime,
         absolute: datetime,
+        approval: int,
     ) -> IssuedSession:
         refresh = cred.new_opaque_token()
         await store.insert_refresh_token(conn, session_id, cred.token_hash(refresh), now)
@@ -483,6 +521,7 @@ class AuthManager:
             device_id=device_id,
             session_id=session_id,
             auth_time=int(auth_time.timestamp()),
+            pending_approval=approval == A.DEVICE_APPROVAL_STATE_PENDING,
             now=int(now.timestamp()),
             ttl_seconds=max(1, int((access_expires - now).total_seconds())),
         )
@@ -496,6 +535,7 @@ class AuthManager:
             account_id=account_id,
             device_id=device_id,
             session_expires_at=absolute,
+            approval_state=approval,
         )
 
     async def _end(
@@ -564,6 +604,8 @@ class AuthManager:
                 issued = None
             else:
                 await store.mark_refresh_used(conn, token_hash, now)
+                device = await store.device(conn, str(session["device_id"]))
+                assert device is not None
                 issued = await self._issue(
                     conn,
                     str(session["account_id"]),
@@ -572,6 +614,7 @@ class AuthManager:
                     session["auth_time"],
                     now,
                     session["absolute_expires_at"],
+                    int(device["approval_state"]),
                 )
                 await store.session_used(conn, session_id, now, issued.access_expires_at)
                 await store.touch_device(conn, str(session["device_id"]), now)
@@ -701,15 +744,82 @@ class AuthManager:
                 device_name=cleaned,
             )
         self._relay.wake()
-        device = A.Device(
-            device_id=target,
-            name=row["name"],
-            platform=row["platform"],
-            approval_state=row["approval_state"],
-        )
-        device.create_time.FromDatetime(row["created_at"])
-        device.last_seen_time.FromDatetime(row["last_seen_at"])
-        return device
+        return _device_message(row)
+
+    # ---------------------------------------------------------------- device approval
+
+    async def set_approval_policy(self, claims: Claims, required: bool) -> bool:
+        """Turns "new devices need approval" on or off (FRESH auth, approved device)."""
+        await self._require_approved(claims)
+        now = self._clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await store.set_approval_policy(conn, claims.account_id, required)
+            await store.insert_audit(
+                conn,
+                account_id=claims.account_id,
+                kind=A.AUDIT_EVENT_KIND_DEVICE_APPROVAL_POLICY_CHANGED,
+                now=now,
+                session_id=claims.session_id,
+                device_id=claims.device_id,
+                detail="required" if required else "not required",
+            )
+        self._relay.wake()
+        return required
+
+    async def pending_devices(self, claims: Claims) -> list[A.Device]:
+        """Devices of the caller's account waiting for approval, oldest first."""
+        await self.require_live_session(claims)
+        async with self._pool.acquire() as conn:
+            rows = await store.pending_devices(conn, claims.account_id)
+        return [_device_message(r) for r in rows]
+
+    async def approve_device(
+        self, claims: Claims, device_id: str, approve: bool
+    ) -> A.Device | None:
+        """An approved device approves or rejects a pending one (rejected: removed)."""
+        await self._require_approved(claims)
+        target = _uuid(device_id, "device_id")
+        now = self._clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await store.device(conn, target)
+            if row is None or str(row["account_id"]) != claims.account_id:
+                raise NotFound("no such device")
+            if row["approval_state"] != A.DEVICE_APPROVAL_STATE_PENDING:
+                raise FailedPrecondition("that device is not waiting for approval")
+            kind = (
+                A.AUDIT_EVENT_KIND_DEVICE_APPROVED
+                if approve
+                else A.AUDIT_EVENT_KIND_DEVICE_REJECTED
+            )
+            await store.insert_audit(
+                conn,
+                account_id=claims.account_id,
+                kind=kind,
+                now=now,
+                session_id=claims.session_id,
+                device_id=target,
+                device_name=row["name"],
+            )
+            if not approve:
+                live = await store.live_session_of_device(conn, target)
+                if live is not None:
+                    await self._end(
+                        conn, str(live["session_id"]), A.SESSION_END_REASON_DEVICE_REMOVED, now
+                    )
+                await self._remove_device(conn, claims.account_id, target, now)
+                approved = None
+            else:
+                approved = await store.approve_device(conn, target)
+        self._relay.wake()
+        return None if approved is None else _device_message(approved)
+
+    async def _require_approved(self, claims: Claims) -> None:
+        await self.require_live_session(claims)
+        if claims.pending_approval:
+            raise PermissionDenied(
+                "a device waiting for approval cannot approve devices or change the policy",
+                reason="DEVICE_APPROVAL_PENDING",
+            )
 
     # ---------------------------------------------------------------- account
 
@@ -788,6 +898,7 @@ class AuthManager:
             device_id=claims.device_id,
             session_id=claims.session_id,
             auth_time=int(now.timestamp()),
+            pending_approval=claims.pending_approval,
             now=int(now.timestamp()),
             ttl_seconds=max(1, int((access_expires - now).total_seconds())),
         )

@@ -16,7 +16,10 @@ from google.protobuf.duration_pb2 import Duration
 
 from conclave_auth.manager import AuthManager, DeviceRequest, IssuedSession
 
-PENDING = "device approval policy and sealed-sender certificates (issue #3 follow-up)"
+PENDING = (
+    "sealed-sender certificates (issue #3 follow-up: auth needs the device's identity key "
+    "from the keys service)"
+)
 
 
 def _source(context: Any) -> str:
@@ -98,7 +101,7 @@ class AuthServiceServicer:
         return A.LoginResponse(
             tokens=_tokens(issued),
             new_device=new_device,
-            approval_state=A.DEVICE_APPROVAL_STATE_APPROVED,
+            approval_state=issued.approval_state,  # type: ignore[arg-type]
             totp_enrollment_confirmed=confirmed,
             recovery_codes_remaining=remaining,
         )
@@ -109,7 +112,8 @@ class AuthServiceServicer:
         """See auth.proto."""
         issued = await self._m.refresh(request.refresh_token, _source(context))
         return A.RefreshSessionResponse(
-            tokens=_tokens(issued), approval_state=A.DEVICE_APPROVAL_STATE_APPROVED
+            tokens=_tokens(issued),
+            approval_state=issued.approval_state,  # type: ignore[arg-type]
         )
 
     async def Reauthenticate(
@@ -171,6 +175,26 @@ class AuthServiceServicer:
         """See auth.proto."""
         device = await self._m.rename_device(current_claims(), request.device_id, request.name)
         return A.RenameDeviceResponse(device=device)
+
+    async def SetDeviceApprovalPolicy(
+        self, request: A.SetDeviceApprovalPolicyRequest, context: Any
+    ) -> A.SetDeviceApprovalPolicyResponse:
+        """See auth.proto."""
+        required = await self._m.set_approval_policy(current_claims(), request.required)
+        return A.SetDeviceApprovalPolicyResponse(required=required)
+
+    async def ListPendingDevices(
+        self, request: A.ListPendingDevicesRequest, context: Any
+    ) -> A.ListPendingDevicesResponse:
+        """See auth.proto."""
+        return A.ListPendingDevicesResponse(devices=await self._m.pending_devices(current_claims()))
+
+    async def ApproveDevice(
+        self, request: A.ApproveDeviceRequest, context: Any
+    ) -> A.ApproveDeviceResponse:
+        """See auth.proto."""
+        device = await self._m.approve_device(current_claims(), request.device_id, request.approve)
+        return A.ApproveDeviceResponse(device=device)
 
     async def ChangePassword(
         self, request: A.ChangePasswordRequest, context: Any

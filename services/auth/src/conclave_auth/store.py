@@ -446,3 +446,44 @@ async def lookup_accounts(
             account_ids,
         )
     )
+
+
+async def count_approved_devices(conn: Connection, account_id: str) -> int:
+    """Devices of the account that are approved (could approve a new one)."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM devices WHERE account_id = $1 AND approval_state = $2",
+            uuid.UUID(account_id),
+            auth_pb2.DEVICE_APPROVAL_STATE_APPROVED,
+        )
+    )
+
+
+async def pending_devices(conn: Connection, account_id: str) -> list[Record]:
+    """Devices waiting for approval, oldest first."""
+    return list(
+        await conn.fetch(
+            "SELECT * FROM devices WHERE account_id = $1 AND approval_state = $2 "
+            "ORDER BY created_at",
+            uuid.UUID(account_id),
+            auth_pb2.DEVICE_APPROVAL_STATE_PENDING,
+        )
+    )
+
+
+async def approve_device(conn: Connection, device_id: str) -> Record | None:
+    """Marks a device approved."""
+    return await conn.fetchrow(
+        "UPDATE devices SET approval_state = $2 WHERE device_id = $1 RETURNING *",
+        uuid.UUID(device_id),
+        auth_pb2.DEVICE_APPROVAL_STATE_APPROVED,
+    )
+
+
+async def set_approval_policy(conn: Connection, account_id: str, required: bool) -> None:
+    """Sets whether new devices of the account need approval."""
+    await conn.execute(
+        "UPDATE accounts SET device_approval_required = $2 WHERE account_id = $1",
+        uuid.UUID(account_id),
+        required,
+    )
