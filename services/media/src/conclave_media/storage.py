@@ -13,8 +13,8 @@ plain stream with per-chunk subjects:
   unit of writing to be the chunk;
 * the object store already splits each chunk into 128 KiB messages (below NATS'
   ``max_payload`` of 1 MiB, which a 1 MiB chunk plus headers would exceed as a single
-  message) and checks a SHA-256 of each object on read, so a corrupted stored chunk is
-  detected instead of served;
+  message) and records a SHA-256 of each object, checked on every read, so a corrupted
+  stored chunk is detected instead of served;
 * rewriting a chunk (a client retrying after a crash between store and commit) replaces
   the object atomically through the object store's meta roll-up.
 
@@ -27,6 +27,7 @@ naming the blob stays behind (nats-py's own ``delete`` leaves one).
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Protocol
 
 from conclave_kit.nats_bus import ensure_stream
@@ -36,6 +37,7 @@ from nats.js.object_store import (
     OBJ_ALL_CHUNKS_PRE_TEMPLATE,
     OBJ_ALL_META_PRE_TEMPLATE,
     OBJ_CHUNKS_PRE_TEMPLATE,
+    OBJ_DIGEST_TYPE,
     OBJ_META_PRE_TEMPLATE,
     OBJ_STREAM_TEMPLATE,
     ObjectStore,
@@ -134,14 +136,42 @@ class JetStreamObjectStorage:
         await self._store.put(object_name(blob_key, index), data)
 
     async def get_chunk(self, blob_key: str, index: int) -> bytes:
-        """See :class:`ChunkStorage`."""
+        """See :class:`ChunkStorage`.
+
+        Reads with JetStream *direct gets* (meta by subject, then each 128 KiB piece as the
+        next message on the object's chunk subject), not nats-py's ``ObjectStore.get``:
+        that creates an ordered consumer per object, and consumers linger on the server
+        after use, so a download of 1,000 chunks (or 10 concurrent 100-chunk downloads)
+        hit the server's consumer limit. The object's size and SHA-256 are checked here.
+        """
         try:
-            result = await self._store.get(object_name(blob_key, index))
+            info = await self._store.get_info(object_name(blob_key, index))
         except (ObjectNotFoundError, NotFoundError) as err:
             raise ChunkMissing(f"chunk {index} missing") from err
-        except Exception as err:  # DigestMismatchError, BadObjectMetaError: not servable
+        except Exception as err:  # BadObjectMetaError: not servable
             raise ChunkMissing(f"chunk {index} unreadable ({type(err).__name__})") from err
-        return bytes(result.data or b"")
+        if not info.nuid or info.chunks is None or info.size is None or not info.digest:
+            raise ChunkMissing(f"chunk {index} has incomplete metadata")
+        subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self._bucket, obj=info.nuid)
+        parts: list[bytes] = []
+        seq = 1
+        try:
+            for _ in range(info.chunks):
+                msg = await self._js.get_msg(
+                    self._stream, seq=seq, subject=subject, direct=True, next=True
+                )
+                if msg.subject != subject or msg.seq is None:
+                    raise ChunkMissing(f"chunk {index} is incomplete")
+                parts.append(msg.data or b"")
+                seq = msg.seq + 1
+        except NotFoundError as err:  # purged while being read
+            raise ChunkMissing(f"chunk {index} missing") from err
+        data = b"".join(parts)
+        expected = info.digest.removeprefix(OBJ_DIGEST_TYPE).removeprefix(OBJ_DIGEST_TYPE.upper())
+        actual = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        if len(data) != info.size or expected.rstrip("=") != actual.rstrip("="):
+            raise ChunkMissing(f"chunk {index} failed its integrity check")
+        return data
 
     async def delete_chunks(self, blob_key: str, count: int) -> int:
         """See :class:`ChunkStorage`."""
