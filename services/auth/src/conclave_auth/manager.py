@@ -754,13 +754,11 @@ class AuthManager:
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             await store.set_approval_policy(conn, claims.account_id, required)
-            await store.insert_audit(
+            await self._audit_caller(
                 conn,
-                account_id=claims.account_id,
-                kind=A.AUDIT_EVENT_KIND_DEVICE_APPROVAL_POLICY_CHANGED,
-                now=now,
-                session_id=claims.session_id,
-                device_id=claims.device_id,
+                claims,
+                A.AUDIT_EVENT_KIND_DEVICE_APPROVAL_POLICY_CHANGED,
+                now,
                 detail="required" if required else "not required",
             )
         self._relay.wake()
@@ -812,6 +810,21 @@ class AuthManager:
                 approved = await store.approve_device(conn, target)
         self._relay.wake()
         return None if approved is None else _device_message(approved)
+
+    @staticmethod
+    async def _audit_caller(
+        conn: Connection, claims: Claims, kind: int, now: datetime, **extra: str
+    ) -> None:
+        """Audits an action the caller took from its own session and device."""
+        await store.insert_audit(
+            conn,
+            account_id=claims.account_id,
+            kind=kind,
+            now=now,
+            session_id=claims.session_id,
+            device_id=claims.device_id,
+            **extra,
+        )
 
     async def _require_approved(self, claims: Claims) -> None:
         await self.require_live_session(claims)
@@ -906,14 +919,7 @@ class AuthManager:
             await store.session_used(
                 conn, claims.session_id, now, access_expires, reauthenticated=True
             )
-            await store.insert_audit(
-                conn,
-                account_id=claims.account_id,
-                kind=A.AUDIT_EVENT_KIND_REAUTHENTICATED,
-                now=now,
-                session_id=claims.session_id,
-                device_id=claims.device_id,
-            )
+            await self._audit_caller(conn, claims, A.AUDIT_EVENT_KIND_REAUTHENTICATED, now)
         self._relay.wake()
         return token, access_expires
 
@@ -928,14 +934,7 @@ class AuthManager:
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             await store.set_password_hash(conn, claims.account_id, new_hash, now)
-            await store.insert_audit(
-                conn,
-                account_id=claims.account_id,
-                kind=A.AUDIT_EVENT_KIND_PASSWORD_CHANGED,
-                now=now,
-                session_id=claims.session_id,
-                device_id=claims.device_id,
-            )
+            await self._audit_caller(conn, claims, A.AUDIT_EVENT_KIND_PASSWORD_CHANGED, now)
         self._relay.wake()
         if not end_others:
             return 0
@@ -981,14 +980,7 @@ class AuthManager:
             raise PermissionDenied(BAD_CREDENTIALS, reason="BAD_CREDENTIALS")
         async with self._pool.acquire() as conn, conn.transaction():
             await store.activate_pending_totp(conn, claims.account_id, step)
-            await store.insert_audit(
-                conn,
-                account_id=claims.account_id,
-                kind=A.AUDIT_EVENT_KIND_TOTP_CHANGED,
-                now=now,
-                session_id=claims.session_id,
-                device_id=claims.device_id,
-            )
+            await self._audit_caller(conn, claims, A.AUDIT_EVENT_KIND_TOTP_CHANGED, now)
         self._relay.wake()
         if not end_others:
             return 0
@@ -1003,13 +995,8 @@ class AuthManager:
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             await store.replace_recovery_codes(conn, claims.account_id, codes.hashes)
-            await store.insert_audit(
-                conn,
-                account_id=claims.account_id,
-                kind=A.AUDIT_EVENT_KIND_RECOVERY_CODES_REGENERATED,
-                now=now,
-                session_id=claims.session_id,
-                device_id=claims.device_id,
+            await self._audit_caller(
+                conn, claims, A.AUDIT_EVENT_KIND_RECOVERY_CODES_REGENERATED, now
             )
         self._relay.wake()
         return codes.codes
