@@ -13,8 +13,10 @@ Invariants this module enforces (each has a test):
   Download (``NOT_FOUND``), and another account's upload is ``NOT_FOUND`` to the
   uploader-only RPCs.
 * Quota is checked and reserved in one transaction under a per-account lock.
-* A chunk write is shielded from cancellation: a client vanishing mid-write cannot leave
-  half an object (orphaned messages no row points to) in the store.
+* A batch of chunk writes is shielded from cancellation: a client vanishing mid-write
+  cannot leave half an object (orphaned messages no row points to) in the store; and
+  deletion tries every index a blob can have, so a batch stored without its commit is
+  not left behind either.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from conclave_kit.database import Connection
 from conclave_kit.errors import (
+    ConclaveError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -88,6 +91,10 @@ def _short(hashed: bytes) -> str:
 
 def _chunk_count(size: int, chunk_size: int) -> int:
     return -(-size // chunk_size)
+
+
+def _chunk_count_of(row: asyncpg.Record) -> int:
+    return _chunk_count(int(row["size_bytes"]), int(row["chunk_size"]))
 
 
 @dataclass(frozen=True)
@@ -277,48 +284,113 @@ class MediaManager:
             metrics.UPLOAD_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
     async def _upload_chunks(self, account_id: str, chunks: AsyncIterator[Chunk]) -> UploadStatus:
-        media_id: str | None = None
-        hashed = b""
+        iterator = aiter(chunks)
+        first = await anext(iterator, None)
+        if first is None:
+            raise InvalidArgument("the stream carried no chunk", reason="EMPTY_STREAM")
+        media_id = first.media_id
+        hashed = id_hash(media_id)
+        # A reader task receives and checks chunks while the previous batch is being
+        # written, so gRPC receive, Postgres and NATS round trips overlap. The queue holds
+        # about 2 MiB, bounding memory per stream whatever the chunk size.
+        slots = max(2, min(32, 2 * MAX_CHUNK // max(1, len(first.data))))
+        queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue(maxsize=slots)
+        reader = asyncio.create_task(self._read_chunks(media_id, first, iterator, queue))
         # Running SHA-256 of this stream's chunks; valid for the whole blob only when the
         # stream started at offset 0 (a resumed upload is re-read from storage instead,
         # since hash states cannot be persisted between streams or replicas).
         hasher = hashlib.sha256()
         first_index: int | None = None
         row: asyncpg.Record | None = None
-        async for chunk in chunks:
-            if media_id is None:
-                media_id = chunk.media_id
-                hashed = id_hash(media_id)
-            elif chunk.media_id != media_id:
-                raise InvalidArgument(
-                    "all chunks of one stream must carry the same media_id",
-                    reason="MIXED_MEDIA_IDS",
-                )
-            if chunk.chunk_sha256 and hashlib.sha256(chunk.data).digest() != chunk.chunk_sha256:
-                raise InvalidArgument(
-                    f"chunk at offset {chunk.offset} does not match its chunk_sha256; it was "
-                    "not stored, send it again",
-                    reason="CHUNK_DIGEST_MISMATCH",
-                )
-            # Shielded: if the client goes away, the write in progress still finishes (or
-            # fails) as a whole; the stream then ends at the next chunk it waits for.
-            row, index = await asyncio.shield(self._store_chunk(account_id, hashed, chunk))
-            metrics.UPLOADED_BYTES.inc(len(chunk.data))
-            if first_index is None:
-                first_index = index
-            hasher.update(chunk.data)
-        if media_id is None:
-            raise InvalidArgument("the stream carried no chunk", reason="EMPTY_STREAM")
+        try:
+            done = False
+            while not done:
+                batch: list[Chunk] = []
+                failure: BaseException | None = None
+                item = await queue.get()
+                while True:
+                    if item is None:
+                        done = True
+                        break
+                    if isinstance(item, BaseException):
+                        failure = item
+                        break
+                    batch.append(item)
+                    if queue.empty() or sum(len(c.data) for c in batch) >= MAX_CHUNK:
+                        break
+                    item = queue.get_nowait()
+                if batch:
+                    # Shielded: if the client goes away, the batch being written still
+                    # finishes (or fails) as a whole.
+                    row, start, stored, error = await asyncio.shield(
+                        self._store_batch(account_id, hashed, batch)
+                    )
+                    for chunk in batch[:stored]:
+                        hasher.update(chunk.data)
+                        metrics.UPLOADED_BYTES.inc(len(chunk.data))
+                    if first_index is None and stored:
+                        first_index = start
+                    if error is not None:
+                        raise error
+                if failure is not None:
+                    raise failure
+        finally:
+            if not reader.done():
+                reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
         assert row is not None
         if row["chunks_received"] < _chunk_count(row["size_bytes"], row["chunk_size"]):
             return _status(row)
         digest = hasher.digest() if first_index == 0 else None
         return await asyncio.shield(self._finish(hashed, digest))
 
-    async def _store_chunk(
-        self, account_id: str, hashed: bytes, chunk: Chunk
-    ) -> tuple[asyncpg.Record, int]:
-        """Writes one chunk under the blob's row lock; returns the updated row and index."""
+    @staticmethod
+    async def _read_chunks(
+        media_id: str,
+        first: Chunk,
+        rest: AsyncIterator[Chunk],
+        queue: asyncio.Queue[Chunk | BaseException | None],
+    ) -> None:
+        """Feeds checked chunks to ``queue``, then None or the error that ended the stream.
+
+        The error is queued after the chunks that preceded it, so those are stored first.
+        """
+        chunk: Chunk | None = first
+        try:
+            while chunk is not None:
+                if chunk.media_id != media_id:
+                    raise InvalidArgument(
+                        "all chunks of one stream must carry the same media_id",
+                        reason="MIXED_MEDIA_IDS",
+                    )
+                if chunk.chunk_sha256 and hashlib.sha256(chunk.data).digest() != chunk.chunk_sha256:
+                    raise InvalidArgument(
+                        f"chunk at offset {chunk.offset} does not match its chunk_sha256; it "
+                        "was not stored, send it again",
+                        reason="CHUNK_DIGEST_MISMATCH",
+                    )
+                await queue.put(chunk)
+                chunk = await anext(rest, None)
+        except Exception as err:  # client-side errors included: stored chunks stay stored
+            await queue.put(err)
+            return
+        await queue.put(None)
+
+    async def _store_batch(
+        self, account_id: str, hashed: bytes, batch: list[Chunk]
+    ) -> tuple[asyncpg.Record, int, int, ConclaveError | None]:
+        """Writes consecutive chunks under the blob's row lock.
+
+        The chunks that are valid in order are written (concurrently: they are distinct
+        objects) and ``chunks_received`` advanced past them in one transaction; the first
+        invalid chunk stops the batch and its error is returned (raised by the caller after
+        the commit, so what was stored stays stored).
+
+        Returns:
+            The updated row, the index of the batch's first chunk, how many chunks were
+            stored, and the error of the first rejected chunk (or None).
+        """
+        error: ConclaveError | None = None
         async with self._pool.acquire() as conn, conn.transaction():
             row = await store.blob(conn, hashed, for_update=True)
             if row is None or row["account_id"] != account_id or row["state"] == store.DELETED:
@@ -327,35 +399,26 @@ class MediaManager:
                 raise FailedPrecondition("upload is already complete", reason="ALREADY_COMPLETE")
             if row["expires_at"] <= self._clock():
                 raise FailedPrecondition("upload expired; create it again", reason="UPLOAD_EXPIRED")
-            size, chunk_size = row["size_bytes"], row["chunk_size"]
-            index = row["chunks_received"]
-            expected = index * chunk_size
-            if expected >= size:
-                # Every chunk is stored but the completion check did not run (a crash
-                # between the last write and the check); GetUploadStatus runs it.
-                raise InvalidArgument(
-                    f"data beyond the declared size of {size} bytes", reason="BEYOND_SIZE"
+            size, chunk_size = int(row["size_bytes"]), int(row["chunk_size"])
+            start = int(row["chunks_received"])
+            accepted: list[Chunk] = []
+            for chunk in batch:
+                error = _check_chunk(chunk, start + len(accepted), size, chunk_size)
+                if error is not None:
+                    break
+                accepted.append(chunk)
+            if accepted:
+                key = blob_key(hashed)
+                await asyncio.gather(
+                    *(
+                        self._storage.put_chunk(key, start + i, c.data)
+                        for i, c in enumerate(accepted)
+                    )
                 )
-            if chunk.offset != expected:
-                raise FailedPrecondition(
-                    f"offset {chunk.offset} is not the next expected offset {expected}",
-                    reason="WRONG_OFFSET",
-                )
-            if len(chunk.data) > size - expected:
-                raise InvalidArgument(
-                    f"data beyond the declared size of {size} bytes", reason="BEYOND_SIZE"
-                )
-            want = min(chunk_size, size - expected)
-            if len(chunk.data) != want:
-                raise InvalidArgument(
-                    f"chunk at offset {expected} must be {want} bytes, got {len(chunk.data)}",
-                    reason="WRONG_CHUNK_LENGTH",
-                )
-            await self._storage.put_chunk(blob_key(hashed), index, chunk.data)
-            await store.set_chunks_received(conn, hashed, index + 1)
-            updated = await store.blob(conn, hashed)
-            assert updated is not None
-            return updated, index
+                updated = await store.set_chunks_received(conn, hashed, start + len(accepted))
+                assert updated is not None
+                row = updated
+        return row, start, len(accepted), error
 
     async def _finish(self, hashed: bytes, digest: bytes | None) -> UploadStatus:
         """Verifies a whole blob and makes it downloadable, or discards it."""
@@ -374,7 +437,7 @@ class MediaManager:
                 expires = now + timedelta(seconds=self._cfg.blob_ttl_seconds)
                 await store.mark_complete(conn, hashed, now, expires)
             else:
-                await self._storage.delete_chunks(blob_key(hashed), count + 1)
+                await self._storage.delete_chunks(blob_key(hashed), count)
                 await store.delete_blob(conn, hashed)
             done = await store.blob(conn, hashed)
         # Raised after the commit: the discard must stick.
@@ -471,7 +534,7 @@ class MediaManager:
                 raise NotFound(NOT_FOUND)
             if row["state"] == store.DELETED:
                 return
-            await self._storage.delete_chunks(blob_key(hashed), int(row["chunks_received"]) + 1)
+            await self._storage.delete_chunks(blob_key(hashed), _chunk_count_of(row))
             await store.mark_deleted(conn, hashed)
         _log.info("media_deleted", blob=_short(hashed))
 
@@ -479,12 +542,12 @@ class MediaManager:
         """Deletes a locked row's chunks, then the row.
 
         Chunks go first: if the process dies in between, the row (not served once expired
-        or deleted) is found again by the next purge and nothing is left unreferenced. One
-        index past ``chunks_received`` is tried too: a write may have landed in storage
-        without its commit.
+        or deleted) is found again by the next purge and nothing is left unreferenced.
+        Every index the blob can have is tried, not only those below ``chunks_received``:
+        a batch may have landed in storage without its commit.
         """
         hashed = bytes(row["id_hash"])
-        await self._storage.delete_chunks(blob_key(hashed), int(row["chunks_received"]) + 1)
+        await self._storage.delete_chunks(blob_key(hashed), _chunk_count_of(row))
         await store.delete_blob(conn, hashed)
 
     async def quota(self, account_id: str) -> Quota:
@@ -544,6 +607,33 @@ class MediaManager:
         if total:
             _log.info("media_purged", kind=kind, blobs=total)
         return total
+
+
+def _check_chunk(chunk: Chunk, index: int, size: int, chunk_size: int) -> ConclaveError | None:
+    """Why ``chunk`` cannot be chunk ``index`` of a blob (None if it can)."""
+    expected = index * chunk_size
+    if chunk.offset != expected:
+        return FailedPrecondition(
+            f"offset {chunk.offset} is not the next expected offset {expected}",
+            reason="WRONG_OFFSET",
+        )
+    if expected >= size:
+        # Every chunk is stored (and the completion check is running, or did not run
+        # because of a crash; GetUploadStatus then runs it).
+        return InvalidArgument(
+            f"data beyond the declared size of {size} bytes", reason="BEYOND_SIZE"
+        )
+    if len(chunk.data) > size - expected:
+        return InvalidArgument(
+            f"data beyond the declared size of {size} bytes", reason="BEYOND_SIZE"
+        )
+    want = min(chunk_size, size - expected)
+    if len(chunk.data) != want:
+        return InvalidArgument(
+            f"chunk at offset {expected} must be {want} bytes, got {len(chunk.data)}",
+            reason="WRONG_CHUNK_LENGTH",
+        )
+    return None
 
 
 def _status(row: asyncpg.Record) -> UploadStatus:

@@ -81,9 +81,11 @@ async def blob(conn: Connection, id_hash: bytes, *, for_update: bool = False) ->
     )
 
 
-async def set_chunks_received(conn: Connection, id_hash: bytes, chunks: int) -> None:
-    """Records that chunks ``0 .. chunks-1`` are stored."""
-    await conn.execute("UPDATE blobs SET chunks_received = $2 WHERE id_hash = $1", id_hash, chunks)
+async def set_chunks_received(conn: Connection, id_hash: bytes, chunks: int) -> Record | None:
+    """Records that chunks ``0 .. chunks-1`` are stored; returns the updated row."""
+    return await conn.fetchrow(
+        "UPDATE blobs SET chunks_received = $2 WHERE id_hash = $1 RETURNING *", id_hash, chunks
+    )
 
 
 async def mark_complete(
@@ -119,7 +121,7 @@ async def lock_expired(conn: Connection, now: datetime, limit: int) -> list[Reco
     """
     return list(
         await conn.fetch(
-            "SELECT id_hash, chunks_received FROM blobs WHERE expires_at <= $1 "
+            "SELECT id_hash, size_bytes, chunk_size FROM blobs WHERE expires_at <= $1 "
             "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             now,
             limit,
@@ -131,7 +133,7 @@ async def lock_account_blobs(conn: Connection, account_id: str, limit: int) -> l
     """Up to ``limit`` rows of one account, locked for this transaction (erasure)."""
     return list(
         await conn.fetch(
-            "SELECT id_hash, chunks_received FROM blobs WHERE account_id = $1 "
+            "SELECT id_hash, size_bytes, chunk_size FROM blobs WHERE account_id = $1 "
             "LIMIT $2 FOR UPDATE SKIP LOCKED",
             account_id,
             limit,
