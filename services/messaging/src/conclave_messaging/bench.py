@@ -183,14 +183,25 @@ async def bench_service(
     tracker = Tracker(recipients=len(members))
     ready = [asyncio.Event() for _ in members]
 
+    reconnects = [0]
+
     async def device(index: int, metadata: tuple[tuple[str, str], ...]) -> None:
-        call = stubs[index % len(stubs)].Subscribe(M.SubscribeRequest(), metadata=metadata)
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            async for item in call:
-                if item.HasField("message"):
-                    tracker.got(uuid.UUID(item.message.message_id).hex)
-                elif item.HasField("catch_up_complete"):
-                    ready[index].set()
+        # Like a real client: reconnect with backoff, de-duplicate by message id.
+        seen: set[str] = set()
+        while True:
+            call = stubs[index % len(stubs)].Subscribe(M.SubscribeRequest(), metadata=metadata)
+            try:
+                async for item in call:
+                    if item.HasField("message"):
+                        key = uuid.UUID(item.message.message_id).hex
+                        if key not in seen:
+                            seen.add(key)
+                            tracker.got(key)
+                    elif item.HasField("catch_up_complete"):
+                        ready[index].set()
+            except grpc.aio.AioRpcError:
+                reconnects[0] += 1
+                await asyncio.sleep(0.2)
 
     readers = [asyncio.create_task(device(i, m)) for i, m in enumerate(members)]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 600)
@@ -206,7 +217,9 @@ async def bench_service(
         )
 
     try:
-        return await _measure(tracker, send, messages, window, limit_s=60)
+        result = await _measure(tracker, send, messages, window, limit_s=60)
+        result["stream_reconnects"] = reconnects[0]
+        return result
     finally:
         for reader in readers:
             reader.cancel()

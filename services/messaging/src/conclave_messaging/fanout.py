@@ -1,9 +1,11 @@
 """Live delivery: one JetStream subscription per group per process, fanned out locally.
 
 ARCHITECTURE.md §7: the Python client, not nats-server, is the bottleneck, so a process
-never holds one NATS subscription per recipient. It holds one ordered push consumer per
-*subject it has local listeners for* (a group's log, or a connected device's mailbox) and
-copies each message into the queues of the local device streams that may see it.
+never holds one NATS subscription per recipient of a group. It holds one ordered push
+consumer per group log it has local listeners for and copies each message into the queues
+of the local device streams that may see it. A device's 1:1 mailbox has no consumer: the
+sender rings a core-NATS "doorbell" subject once the copy is stored, and the device's
+stream reads its mailbox by subject (see :class:`Doorbell`).
 
 A device stream (``Subscribe``) works like this:
 
@@ -60,6 +62,9 @@ DEFAULT_MAX_UNACKED = 1000
 MAX_UNACKED = 10_000
 # Core NATS subject announcing a newly opened stream of a device (payload: its nonce).
 TAKEOVER_PREFIX = "conclave.msg.stream."
+# Items a device stream may have queued before it counts as a slow consumer: it is then
+# closed (UNAVAILABLE) and resumes from its cursor on reconnect, instead of growing memory.
+MAX_QUEUED = 10_000
 
 
 class Aborted(ConclaveError):
@@ -106,6 +111,14 @@ class DeviceStream:
     closing: ConclaveError | None = None
     close_reason: int = 0
     nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
+    doorbell: Doorbell | None = None
+    ring_pending: bool = False
+
+    def ring(self) -> None:
+        """New 1:1 copies are in the mailbox: read them (coalesced while one is pending)."""
+        if not self.ring_pending:
+            self.ring_pending = True
+            self.queue.put_nowait(CatchUp(streams.DIRECT, 0))
 
     def close(self, error: ConclaveError, reason: int = 0) -> None:
         """Asks the stream to end with ``error`` (after ``session_closed`` if reason)."""
@@ -115,7 +128,55 @@ class DeviceStream:
             self.queue.put_nowait(_WAKE)
 
 
-class Feed:
+class _Subscribing:
+    """A NATS subscription being set up in the background; ``ready()`` awaits it."""
+
+    _task: asyncio.Task[None]
+    _sub: Subscription | None
+
+    async def ready(self) -> None:
+        """Returns once the subscription is live (messages stored later reach it).
+
+        Raises:
+            Unavailable: NATS refused the subscription.
+        """
+        try:
+            await asyncio.shield(self._task)
+        except Exception as err:
+            raise Unavailable("message feed unavailable; retry") from err
+
+    async def stop(self) -> None:
+        """Unsubscribes (after the start finished)."""
+        with contextlib.suppress(Exception):
+            await self._task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+
+class Doorbell(_Subscribing):
+    """Live path of one device's 1:1 mailbox: a core-NATS subscription, not a consumer.
+
+    A JetStream consumer per connected device would cost nats-server state and idle
+    heartbeats per device; a plain subscription costs neither. The sending replica rings
+    ``conclave.msg.ring.<device>`` after JetStream acknowledged the copy, so a ring always
+    finds the copy stored; the stream then reads the mailbox by subject from what it last
+    sent (which also yields the sequence for the delivery token).
+    """
+
+    def __init__(self, nats: NatsClient, ds: DeviceStream) -> None:
+        self._sub = None
+
+        async def ring(msg: Msg) -> None:
+            ds.ring()
+
+        async def start() -> None:
+            self._sub = await nats.subscribe(streams.ring_subject(ds.who.device_id), cb=ring)
+
+        self._task = asyncio.create_task(start(), name="doorbell-start")
+
+
+class Feed(_Subscribing):
     """One ordered push consumer on a subject, copying messages to local listeners."""
 
     def __init__(
@@ -137,17 +198,6 @@ class Feed:
             config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW),
         )
 
-    async def ready(self) -> None:
-        """Returns once the subscription is live (messages stored later reach it).
-
-        Raises:
-            Unavailable: NATS refused the subscription.
-        """
-        try:
-            await asyncio.shield(self._task)
-        except Exception as err:
-            raise Unavailable("message feed unavailable; retry") from err
-
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         try:
@@ -162,6 +212,9 @@ class Feed:
         queued = 0
         for ds, floor in self.listeners.items():
             if seq > floor and ds.who.device_id != sender:
+                if ds.queue.qsize() >= MAX_QUEUED:
+                    ds.close(Unavailable("stream fell behind; reconnect to resume"))
+                    continue
                 ds.queue.put_nowait(push)
                 queued += 1
         self._queued[0] += queued
@@ -174,11 +227,7 @@ class Feed:
     async def stop(self) -> None:
         """Unsubscribes (after the start finished)."""
         LOCAL_FEEDS.dec()
-        with contextlib.suppress(Exception):
-            await self._task
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        await super().stop()
 
 
 class Hub:
@@ -262,7 +311,12 @@ class Hub:
 
     # ------------------------------------------------------------ attach / detach
 
-    def _attach(self, ds: DeviceStream, conversation: str, floor: int) -> Feed:
+    def _attach(self, ds: DeviceStream, conversation: str, floor: int) -> _Subscribing:
+        if conversation == streams.DIRECT:
+            ds.attached[conversation] = floor
+            if ds.doorbell is None:
+                ds.doorbell = Doorbell(self._nats, ds)
+            return ds.doorbell
         stream, subject = streams.locate(conversation, ds.who.device_id)
         feed = self._feeds.get(subject)
         if feed is None:
@@ -275,6 +329,11 @@ class Hub:
 
     def _detach(self, ds: DeviceStream, conversation: str) -> None:
         ds.attached.pop(conversation, None)
+        if conversation == streams.DIRECT:
+            if ds.doorbell is not None:
+                self._spawn(ds.doorbell.stop())
+                ds.doorbell = None
+            return
         _, subject = streams.locate(conversation, ds.who.device_id)
         feed = self._feeds.get(subject)
         if feed is None:
@@ -399,9 +458,11 @@ class Hub:
         return response
 
     async def _backlog(
-        self, ds: DeviceStream, conversation: str, after: int
+        self, ds: DeviceStream, conversation: str, after: int, *, live: bool = False
     ) -> AsyncIterator[M.SubscribeResponse]:
+        """Stored items above ``after`` (and above what this stream sent already)."""
         stream, subject = streams.locate(conversation, ds.who.device_id)
+        after = max(after, ds.sent.get(conversation, 0))
         async for seq, data in streams.read_after(self._js, stream, subject, after):
             if ds.closing is not None or conversation not in ds.attached:
                 return
@@ -410,6 +471,8 @@ class Hub:
             delivery = M.MessageDelivery.FromString(data)
             if delivery.sender.device_id == ds.who.device_id:
                 continue
+            if live:
+                _observe_latency(delivery, "1")
             yield self._response(ds, Push(conversation, seq, delivery))
 
     async def subscribe(
@@ -460,17 +523,20 @@ class Hub:
                     ):
                         continue
                     response = self._response(ds, item)
-                    sent_at = item.delivery.server_time
-                    SEND_TO_PUSH_SECONDS.labels(item.size_class).observe(
-                        max(0.0, time.time() - sent_at.seconds - sent_at.nanos / 1e9)
-                    )
+                    _observe_latency(item.delivery, item.size_class)
                     yield response
                 elif isinstance(item, CatchUp):
-                    _, subject = streams.locate(item.conversation, who.device_id)
-                    joined = self._feeds.get(subject)
-                    if joined is not None:
-                        await joined.ready()
-                    async for response in self._backlog(ds, item.conversation, item.floor):
+                    direct = item.conversation == streams.DIRECT
+                    if direct:
+                        ds.ring_pending = False  # rings from now on need another read
+                    else:
+                        _, subject = streams.locate(item.conversation, who.device_id)
+                        joined = self._feeds.get(subject)
+                        if joined is not None:
+                            await joined.ready()
+                    async for response in self._backlog(
+                        ds, item.conversation, item.floor, live=direct
+                    ):
                         yield response
             if ds.close_reason:
                 yield M.SubscribeResponse(
@@ -480,6 +546,13 @@ class Hub:
             raise ds.closing
         finally:
             self._unregister(ds)
+
+
+def _observe_latency(delivery: M.MessageDelivery, size: str) -> None:
+    sent_at = delivery.server_time
+    SEND_TO_PUSH_SECONDS.labels(size).observe(
+        max(0.0, time.time() - sent_at.seconds - sent_at.nanos / 1e9)
+    )
 
 
 def _utcnow() -> datetime:

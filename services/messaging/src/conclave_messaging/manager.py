@@ -41,7 +41,8 @@ from conclave_kit.errors import (
 from conclave_kit.logs import get_logger
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.tokens import Claims
-from nats.js import JetStreamContext, api
+from nats.aio.client import Client as NatsClient
+from nats.js import api
 
 from conclave_messaging import events, store, streams
 from conclave_messaging.config import MessagingConfig
@@ -149,7 +150,7 @@ class MessagingManager:
     Args:
         config: Messaging settings.
         pool: Pool on the ``messaging`` schema.
-        js: JetStream context (message streams).
+        nats: NATS connection (JetStream message streams, mailbox doorbells).
         relay: Publishes queued membership events after commit.
         clock: Current time (injectable for tests).
     """
@@ -158,13 +159,14 @@ class MessagingManager:
         self,
         config: MessagingConfig,
         pool: asyncpg.Pool,
-        js: JetStreamContext,
+        nats: NatsClient,
         relay: OutboxRelay,
         clock: Clock = lambda: datetime.now(UTC),
     ) -> None:
         self._cfg = config
         self._pool = pool
-        self._js = js
+        self._nats = nats
+        self._js = nats.jetstream()
         self._relay = relay
         self._clock = clock
         self._listeners: list[MembershipListener] = []
@@ -571,6 +573,11 @@ class MessagingManager:
                 )
             )
         acks = await asyncio.gather(*pending)
+        # Ring only after JetStream acknowledged: a rung stream always finds the copy.
+        for dc, ack in zip(cts, acks, strict=True):
+            if not ack.duplicate:
+                device = str(uuid.UUID(dc.device.device_id))
+                await self._nats.publish(streams.ring_subject(device), b"")
         original, duplicate = await self._published(streams.DIRECT_STREAM, acks)
         if not duplicate:
             MESSAGES_SENT.labels("direct").inc()

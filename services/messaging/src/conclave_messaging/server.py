@@ -41,7 +41,7 @@ def build_spec(config: MessagingConfig, clock: Clock | None = None) -> ServiceSp
         resources.on_shutdown(hub.stop)
         resources.revocations.add_listener(hub.on_revoked)
         extra = {} if clock is None else {"clock": clock}
-        manager = MessagingManager(config, resources.pool, resources.js, relay, **extra)
+        manager = MessagingManager(config, resources.pool, resources.nats, relay, **extra)
         manager.add_membership_listener(hub.on_membership)
         servicer.hub = hub
         servicer.manager = manager

@@ -26,6 +26,7 @@ GROUPS_STREAM = "MSG_GROUPS"
 DIRECT_STREAM = "MSG_DIRECT"
 GROUP_PREFIX = "conclave.msg.group."
 DEVICE_PREFIX = "conclave.msg.device."
+RING_PREFIX = "conclave.msg.ring."
 DIRECT = "direct"
 MAX_TOKEN = 256
 # Header on group-log messages: the group's size class at send (metrics label only).
@@ -35,6 +36,11 @@ SIZE_HEADER = "Conclave-Size-Class"
 def group_subject(group_id: str) -> str:
     """Subject of a group's log."""
     return GROUP_PREFIX + group_id
+
+
+def ring_subject(device_id: str) -> str:
+    """Core-NATS subject rung after a copy for ``device_id`` is stored (not a stream)."""
+    return RING_PREFIX + device_id
 
 
 def device_subject(device_id: str) -> str:
