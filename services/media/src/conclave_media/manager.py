@@ -27,6 +27,7 @@ import hashlib
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -490,18 +491,22 @@ class MediaManager:
         key = blob_key(hashed)
         first = start // chunk_size
         count = _chunk_count(size, chunk_size)
-        # Fetch the next chunk from storage while the current one is being sent: storage
-        # round trips and gRPC flow control then overlap instead of adding up.
-        pending: asyncio.Task[bytes] = asyncio.create_task(self._storage.get_chunk(key, first))
+        # Fetch the next chunks from storage while the current one is being sent: storage
+        # round trips and gRPC flow control then overlap instead of adding up. The window
+        # holds about 2 MiB (two 1 MiB chunks, or 32 of 64 KiB), bounding memory per stream.
+        window = max(2, min(32, 2 * MAX_CHUNK // chunk_size))
+        pending: deque[asyncio.Task[bytes]] = deque()
+        following = first
         try:
             for index in range(first, count):
+                while following < count and len(pending) < window:
+                    pending.append(asyncio.create_task(self._storage.get_chunk(key, following)))
+                    following += 1
                 try:
-                    data = await pending
+                    data = await pending.popleft()
                 except ChunkMissing:
                     # Deleted (or expired and purged) while being downloaded.
                     raise NotFound(NOT_FOUND) from None
-                if index + 1 < count:
-                    pending = asyncio.create_task(self._storage.get_chunk(key, index + 1))
                 offset = index * chunk_size
                 if index == first:
                     data = data[start - offset :]
@@ -513,9 +518,9 @@ class MediaManager:
                 yield piece
             outcome = "complete"
         finally:
-            if not pending.done():
-                pending.cancel()
-                await asyncio.gather(pending, return_exceptions=True)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
             metrics.DOWNLOAD_SECONDS.labels(outcome).observe(time.perf_counter() - started)
 
     async def delete(self, account_id: str, media_id: str) -> None:
