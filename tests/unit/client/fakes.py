@@ -242,6 +242,23 @@ class FakeAuthStub:
                 account.devices.pop(session.device_id, None)
         return auth_pb2.LogoutResponse()
 
+    def LookupAccounts(
+        self,
+        request: auth_pb2.LookupAccountsRequest,
+        metadata: Metadata = None,
+        timeout: float | None = None,
+    ) -> auth_pb2.LookupAccountsResponse:
+        self._enter("LookupAccounts")
+        self._session(metadata)
+        wanted = {name.casefold() for name in request.usernames}
+        return auth_pb2.LookupAccountsResponse(
+            accounts=[
+                auth_pb2.AccountRef(account_id=a.account_id, username=a.username)
+                for a in self.accounts.values()
+                if a.username in wanted and a.confirmed
+            ]
+        )
+
     def ListSessions(
         self,
         request: auth_pb2.ListSessionsRequest,

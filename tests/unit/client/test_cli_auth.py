@@ -16,8 +16,10 @@ import pytest
 from conclave_client import cli
 from conclave_client.auth_client import AuthClient
 from conclave_client.credentials import CredentialStore
+from conclave_client.keys_client import KeysClient
 
 from tests.unit.client.fakes import FakeAuthStub, as_stub, rpc_error
+from tests.unit.client.fakes_keys import FakeKeysStub, as_keys_stub
 
 PASSWORD = "correct horse battery staple"
 
@@ -32,6 +34,12 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAuthStub:
         return AuthClient("fake:1", CredentialStore(home), stub=as_stub(stub))
 
     monkeypatch.setattr(cli, "make_auth_client", factory)
+    keys = FakeKeysStub(stub)
+
+    def keys_factory(args: argparse.Namespace, auth: AuthClient) -> KeysClient:
+        return KeysClient("fake:2", auth, home=home, stub=as_keys_stub(keys))
+
+    monkeypatch.setattr(cli, "make_keys_client", keys_factory)
 
     def no_prompt(prompt: str = "") -> str:
         raise AssertionError("prompted")

@@ -81,12 +81,13 @@ class SessionEnded(ClientError):
     """The stored session no longer works (revoked, expired, or refresh token reused)."""
 
 
-def error_from_rpc(err: grpc.RpcError, address: str) -> ClientError:
+def error_from_rpc(err: grpc.RpcError, address: str, service: str = "auth") -> ClientError:
     """Maps a gRPC failure to a :class:`ClientError`.
 
     Args:
         err: The exception raised by a call.
         address: The server address, for messages about reachability.
+        service: Which service was called (named in reachability messages).
 
     Returns:
         The client error (never raises).
@@ -109,9 +110,9 @@ def error_from_rpc(err: grpc.RpcError, address: str) -> ClientError:
             retry_after = None
     name = code.name if code is not None else None
     if code in (grpc.StatusCode.UNAVAILABLE, None):
-        message = f"auth service unreachable at {address} (check: conclave status)"
+        message = f"{service} service unreachable at {address} (check: conclave status)"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        message = f"auth service at {address} did not answer in time"
+        message = f"{service} service at {address} did not answer in time"
     else:
         message = details or name or "request failed"
     return ClientError(message, reason=reason, retry_after=retry_after, code=name)
@@ -502,11 +503,37 @@ class AuthClient:
         return (("authorization", f"Bearer {credentials.access_token}"),)
 
     def _authorized(self, call: Callable[[tuple[tuple[str, str], ...]], T]) -> T:
+        return self.authorized(call)
+
+    def authorized(
+        self,
+        call: Callable[[tuple[tuple[str, str], ...]], T],
+        *,
+        service: str = "auth",
+        address: str | None = None,
+    ) -> T:
+        """Runs ``call(metadata)`` with this session's access token, on any service.
+
+        The token is refreshed first if it is (nearly) expired; a call that still meets
+        ``UNAUTHENTICATED`` (other than ``FRESH_AUTH_REQUIRED``) refreshes once and is
+        retried once.
+
+        Args:
+            call: Makes the RPC with the given metadata.
+            service: Name of the service called, for error messages.
+            address: Its address (default: the auth service's).
+
+        Raises:
+            NotLoggedIn: No session stored.
+            SessionEnded: The session cannot be refreshed any more.
+            ClientError: The call failed.
+        """
+        where = address or self.address
         metadata = self.authorized_metadata()
         try:
             return call(metadata)
         except grpc.RpcError as err:
-            error = error_from_rpc(err, self.address)
+            error = error_from_rpc(err, where, service)
             if error.code != "UNAUTHENTICATED" or error.reason == "FRESH_AUTH_REQUIRED":
                 raise error from None
         # The token was refused although it looked valid (clock skew, key rotation, a
@@ -521,7 +548,7 @@ class AuthClient:
         try:
             return call(metadata)
         except grpc.RpcError as err:
-            raise error_from_rpc(err, self.address) from None
+            raise error_from_rpc(err, where, service) from None
 
     # -- session RPCs -------------------------------------------------------------------
 
@@ -556,6 +583,22 @@ class AuthClient:
         latest = self.store.load() or current
         self.store.save(latest.logged_out(keep_device=not remove_device))
         return ended_now
+
+    def lookup_accounts(self, usernames: Sequence[str]) -> dict[str, str]:
+        """Resolves usernames to account ids (LookupAccounts).
+
+        Args:
+            usernames: At most 100 names as typed.
+
+        Returns:
+            Normalised username -> account id for the confirmed accounts found (unknown
+            names are simply absent).
+        """
+        request = auth_pb2.LookupAccountsRequest(usernames=list(usernames))
+        reply = self._authorized(
+            lambda md: self._stub.LookupAccounts(request, metadata=md, timeout=self._timeout)
+        )
+        return {a.username: a.account_id for a in reply.accounts}
 
     def list_sessions(self) -> list[SessionInfo]:
         """Lists the account's live sessions (newest use first)."""

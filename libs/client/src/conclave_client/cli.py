@@ -19,10 +19,11 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import segno
+from conclave_crypto import CryptoError
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -37,7 +38,16 @@ from conclave_client.auth_client import (
 )
 from conclave_client.credentials import CredentialsError, CredentialStore
 from conclave_client.endpoints import Endpoints
+from conclave_client.keys_client import (
+    KeysClient,
+    LogKeyError,
+    Publication,
+    pinned_log_key,
+    status_json,
+    verified_json,
+)
 from conclave_client.status import check_all
+from conclave_client.transparency import TransparencyError
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -58,6 +68,19 @@ def make_auth_client(args: argparse.Namespace) -> AuthClient:
         A client bound to ``$CONCLAVE_HOME``.
     """
     return AuthClient(Endpoints.resolve(args.host)["auth"], CredentialStore())
+
+
+def make_keys_client(args: argparse.Namespace, auth: AuthClient) -> KeysClient:
+    """The KeyService client for this invocation (tests replace this function).
+
+    Args:
+        args: Parsed arguments (``--host``).
+        auth: The session to call with.
+
+    Returns:
+        A client bound to ``$CONCLAVE_HOME``.
+    """
+    return KeysClient(Endpoints.resolve(args.host)["keys"], auth)
 
 
 def _print_json(value: Any) -> None:
@@ -164,6 +187,12 @@ def _cmd_login(args: argparse.Namespace) -> int:
             recovery_code=recovery.strip() if recovery is not None else None,
             device_name=args.device_name,
         )
+        published: Publication | None = None
+        pending = result.approval_pending  # kit refuses a pending device's key calls
+        if not pending:
+            published, pending = _publish_device_keys(
+                args, client, result.account_id, result.device_id
+            )
     if args.json:
         _print_json(
             {
@@ -176,11 +205,16 @@ def _cmd_login(args: argparse.Namespace) -> int:
                 "totp_enrollment_confirmed": result.totp_enrollment_confirmed,
                 "recovery_codes_remaining": result.recovery_codes_remaining,
                 "session_expire_time": _iso(result.session_expire_time),
+                "keys": _publication_json(published, pending),
             }
         )
         return EXIT_OK
     device = "new device" if result.new_device else "device"
     print(f"Logged in as {result.username} ({device} {result.device_id}).")
+    if published is not None:
+        _print_publication(published)
+    elif pending:
+        print("This device's keys are not published until it is approved; log in again then.")
     if result.totp_enrollment_confirmed:
         print("Authenticator confirmed: your recovery codes are now active.")
     if recovery is not None:
@@ -192,9 +226,69 @@ def _cmd_login(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _publish_device_keys(
+    args: argparse.Namespace, auth: AuthClient, account_id: str, device_id: str
+) -> tuple[Publication | None, bool]:
+    """Publishes (or tops up) this device's keys right after a login.
+
+    Returns:
+        What was published, or None and True when the device awaits approval.
+
+    Raises:
+        CliError: The keys could not be published (the session stays; logging in again
+            retries, keeping the keys generated so far).
+    """
+    try:
+        with make_keys_client(args, auth) as keys:
+            return keys.ensure_device_keys(account_id, device_id), False
+    except ClientError as err:
+        if err.reason == "DEVICE_APPROVAL_PENDING":
+            return None, True
+        raise CliError(
+            f"logged in, but this device's keys were not published: {err} (log in again to retry)"
+        ) from None
+    except CryptoError as err:
+        raise CliError(
+            f"logged in, but this device's key state cannot be used: {err.__class__.__name__}"
+        ) from None
+
+
+def _publication_json(published: Publication | None, pending: bool) -> dict[str, Any]:
+    if published is None:
+        return {"published": False, "approval_pending": pending}
+    return {
+        "published": True,
+        "action": published.action,
+        "new_identity": published.new_identity,
+        "fingerprint": published.fingerprint,
+        "one_time_uploaded": published.one_time_uploaded,
+        "pq_one_time_uploaded": published.pq_one_time_uploaded,
+        "one_time_prekeys": published.one_time_prekeys,
+        "pq_one_time_prekeys": published.pq_one_time_prekeys,
+        "leaf_index": published.leaf_index,
+    }
+
+
+def _print_publication(p: Publication) -> None:
+    if p.action == "published":
+        print(
+            f"Published this device's keys: identity {p.fingerprint}\n"
+            f"  with {p.one_time_prekeys} one-time X25519 and {p.pq_one_time_prekeys} "
+            "one-time ML-KEM-1024 prekeys."
+        )
+    elif p.action == "topped_up":
+        print(
+            f"Added {p.one_time_uploaded} one-time X25519 and {p.pq_one_time_uploaded} "
+            f"ML-KEM-1024 prekeys (now {p.one_time_prekeys} / {p.pq_one_time_prekeys})."
+        )
+
+
 def _cmd_logout(args: argparse.Namespace) -> int:
     with make_auth_client(args) as client:
         ended_now = client.logout(remove_device=args.remove_device)
+        if args.remove_device:
+            with make_keys_client(args, client) as keys:
+                keys.forget_device()
     if args.json:
         _print_json(
             {
@@ -293,6 +387,89 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _age(value: datetime | None) -> str:
+    """How long ago, in the largest whole unit (for tables)."""
+    if value is None:
+        return "-"
+    seconds = max(0, int((datetime.now(UTC) - value).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _cmd_keys_status(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as client, make_keys_client(args, client) as keys:
+        devices = keys.prekey_status()
+    if args.json:
+        _print_json(status_json(devices, datetime.now(UTC)))
+        return EXIT_OK
+    table = Table(
+        title="One-time prekeys left and signed prekey age per device (* = this one)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("", no_wrap=True)
+    table.add_column("device", no_wrap=True, min_width=36)
+    table.add_column("X25519", justify="right", no_wrap=True)
+    table.add_column("ML-KEM", justify="right", no_wrap=True)
+    table.add_column("signed age", justify="right", no_wrap=True)
+    for d in devices:
+        marker = "[green]*[/green]" if d.current else ""
+        counts = []
+        for value in (d.one_time_prekeys, d.pq_one_time_prekeys):
+            text = str(value)
+            counts.append(f"[red]{text}[/red]" if value < 10 else text)
+        table.add_row(marker, d.device_id, *counts, _age(d.signed_prekey_uploaded))
+    Console().print(table)
+    if not devices:
+        print("No published device (log in to publish this one).")
+    elif any(d.low for d in devices):
+        print("Some devices run low on one-time prekeys: logging in on them tops them up.")
+    return EXIT_OK
+
+
+def _cmd_keys_verify(args: argparse.Namespace) -> int:
+    log_key = pinned_log_key(args.log_key)
+    with make_auth_client(args) as client, make_keys_client(args, client) as keys:
+        try:
+            result = keys.verify(args.username, log_key)
+        except TransparencyError as err:
+            raise CliError(f"key transparency check failed for {args.username}: {err}") from None
+    if args.json:
+        _print_json(verified_json(result))
+        return EXIT_OK
+    if not result.devices:
+        print(f"{result.username} has no published device: nothing to verify.")
+        return EXIT_OK
+    head = result.tree_head
+    size = f" (log size {head.tree_size})" if head is not None else ""
+    count = len(result.devices)
+    print(
+        f"Verified {count} device{'' if count == 1 else 's'} of {result.username} in the "
+        f"key-transparency log{size}."
+    )
+    print("Compare each fingerprint with the one shown on that device:")
+    for d in result.devices:
+        print(f"  {d.device_id}  {d.digest}")
+    return EXIT_OK
+
+
+def _cmd_keys_log_key(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as client, make_keys_client(args, client) as keys:
+        key_id, public = keys.server_log_key()
+    if args.json:
+        _print_json({"key_id": key_id, "log_public_key": public.hex(), "verified": False})
+        return EXIT_OK
+    print(f"The key server announces log key {key_id}: {public.hex()}")
+    print(
+        "Pin it (CONCLAVE_KT_LOG_KEY) only after comparing it with the key your operator "
+        "publishes elsewhere."
+    )
+    return EXIT_OK
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -357,7 +534,47 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--timeout", type=float, default=2.0, help="seconds per service")
     status.set_defaults(handler=_cmd_status)
     _add_auth_commands(sub, common)
+    _add_keys_commands(sub, common)
     return parser
+
+
+def _add_keys_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Key directory: keys status, keys verify, keys log-key."""
+    keys = sub.add_parser(
+        "keys",
+        parents=[common],
+        help="your devices' prekeys; verify someone's keys in the transparency log",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    status = keys_sub.add_parser(
+        "status",
+        parents=[common],
+        help="remaining one-time prekeys and signed prekey age of your devices",
+    )
+    status.set_defaults(handler=_cmd_keys_status)
+    verify = keys_sub.add_parser(
+        "verify",
+        parents=[common],
+        help="prove a user's device keys in the key-transparency log; show fingerprints",
+        description="Fetch USERNAME's identity keys, verify each one's inclusion proof "
+        "against a signed tree head, and the head's consistency with the last head this "
+        "client verified. Exit 1 if any proof fails.",
+    )
+    verify.add_argument("username", metavar="USERNAME")
+    verify.add_argument(
+        "--log-key",
+        metavar="KEY",
+        help="the log's Ed25519 public key (hex or base64); default $CONCLAVE_KT_LOG_KEY",
+    )
+    verify.set_defaults(handler=_cmd_keys_verify)
+    log_key = keys_sub.add_parser(
+        "log-key",
+        parents=[common],
+        help="show the log key the server announces (to compare before pinning it)",
+    )
+    log_key.set_defaults(handler=_cmd_keys_log_key)
 
 
 def _add_auth_commands(
@@ -445,7 +662,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     try:
         code = handler(args)
-    except (CliError, ClientError, CredentialsError) as err:
+    except (CliError, ClientError, CredentialsError, LogKeyError) as err:
         print(f"conclave: error: {err}", file=sys.stderr)
         code = EXIT_ERROR
     except KeyboardInterrupt:
