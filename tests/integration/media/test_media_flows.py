@@ -569,3 +569,31 @@ async def test_concurrent_uploads_of_small_chunks_round_trip(media: MediaHarness
     ids = await asyncio.gather(*(media.upload(alice, b, chunk_size=64 * KIB) for b in blobs))
     downloaded = await asyncio.gather(*(media.download(User(), mid) for mid in ids))
     assert downloaded == blobs
+
+
+async def test_status_completes_an_upload_whose_check_never_ran(media: MediaHarness) -> None:
+    """A process dying between the last chunk and the digest check leaves every chunk
+    stored but the blob incomplete; GetUploadStatus runs the check (complete, or discarded
+    on a mismatch) instead of leaving the client stuck."""
+    alice = User()
+    pool = media.runtime.resources.pool
+    outcomes: list[bool | str] = []
+    for stored_right in (True, False):
+        data = ciphertext(2 * 64 * KIB + 10)
+        created = await media.create(alice, data, chunk_size=64 * KIB)
+        key = blob_key(id_hash(created.media_id))
+        for index in range(3):
+            piece = data[index * 64 * KIB : (index + 1) * 64 * KIB]
+            await media.storage.put_chunk(key, index, piece if stored_right else bytes(len(piece)))
+        await pool.execute(
+            "UPDATE blobs SET chunks_received = 3 WHERE id_hash = $1", id_hash(created.media_id)
+        )
+        request = M.GetUploadStatusRequest(media_id=created.media_id)
+        try:
+            status = await media.stub.GetUploadStatus(request, metadata=media.auth(alice))
+            outcomes.append(status.complete and status.next_offset == len(data))
+            assert await media.download(alice, created.media_id) == data
+        except grpc.aio.AioRpcError as err:
+            outcomes.append(trailers(err)["conclave-error-reason"])
+            await _assert_gone(media, created.media_id, 3)
+    assert outcomes == [True, "DIGEST_MISMATCH"]
