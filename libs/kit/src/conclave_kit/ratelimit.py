@@ -46,22 +46,22 @@ class Limit:
         return self.capacity / self.refill_per_second
 
 
-_TAKE = """
+# clock_timestamp(), not now(): now() is the transaction's start, so a statement that
+# waited for the row lock would see time run backwards and overdraw the bucket.
+_ELAPSED = "GREATEST(0, EXTRACT(EPOCH FROM (clock_timestamp() - {t}.updated_at)))::float8"
+_TAKE = f"""
 INSERT INTO rate_limit_buckets AS b (bucket, tokens, updated_at)
-VALUES ($1, $2::float8 - $4::float8, now())
+VALUES ($1, $2::float8 - $4::float8, clock_timestamp())
 ON CONFLICT (bucket) DO UPDATE SET
-    tokens = LEAST($2::float8, b.tokens
-        + EXTRACT(EPOCH FROM (now() - b.updated_at))::float8 * $3::float8) - $4::float8,
-    updated_at = now()
-WHERE LEAST($2::float8, b.tokens
-        + EXTRACT(EPOCH FROM (now() - b.updated_at))::float8 * $3::float8) >= $4::float8
+    tokens = LEAST($2::float8, b.tokens + {_ELAPSED.format(t="b")} * $3::float8) - $4::float8,
+    updated_at = GREATEST(b.updated_at, clock_timestamp())
+WHERE LEAST($2::float8, b.tokens + {_ELAPSED.format(t="b")} * $3::float8) >= $4::float8
 RETURNING tokens
-"""
-_PEEK = """
-SELECT LEAST($2::float8, tokens
-    + EXTRACT(EPOCH FROM (now() - updated_at))::float8 * $3::float8)
+"""  # noqa: S608 - only constant fragments are interpolated
+_PEEK = f"""
+SELECT LEAST($2::float8, tokens + {_ELAPSED.format(t="rate_limit_buckets")} * $3::float8)
 FROM rate_limit_buckets WHERE bucket = $1
-"""
+"""  # noqa: S608 - only constant fragments are interpolated
 
 
 class RateLimiter:
@@ -118,7 +118,8 @@ class RateLimiter:
             The number of rows deleted.
         """
         result = await self._pool.execute(
-            "DELETE FROM rate_limit_buckets WHERE updated_at < now() - make_interval(secs => $1)",
+            "DELETE FROM rate_limit_buckets "
+            "WHERE updated_at < clock_timestamp() - make_interval(secs => $1)",
             float(older_than_seconds),
         )
         return int(str(result).rsplit(" ", 1)[-1])
