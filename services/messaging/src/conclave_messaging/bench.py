@@ -145,7 +145,7 @@ async def _measure(
 
 async def bench_service(
     address: str, signer: TokenSigner, size: int, messages: int, payload: int, window: int
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Group of ``size`` members; every member but the sender has one live device stream."""
     channels = [
         grpc.aio.insecure_channel(address)
@@ -184,6 +184,7 @@ async def bench_service(
     ready = [asyncio.Event() for _ in members]
 
     reconnects = [0]
+    codes: dict[str, int] = {}
 
     async def device(index: int, metadata: tuple[tuple[str, str], ...]) -> None:
         # Like a real client: reconnect with backoff, de-duplicate by message id.
@@ -199,8 +200,9 @@ async def bench_service(
                             tracker.got(key)
                     elif item.HasField("catch_up_complete"):
                         ready[index].set()
-            except grpc.aio.AioRpcError:
+            except grpc.aio.AioRpcError as err:
                 reconnects[0] += 1
+                codes[err.code().name] = codes.get(err.code().name, 0) + 1
                 await asyncio.sleep(0.2)
 
     readers = [asyncio.create_task(device(i, m)) for i, m in enumerate(members)]
@@ -217,8 +219,10 @@ async def bench_service(
         )
 
     try:
-        result = await _measure(tracker, send, messages, window, limit_s=60)
+        result: dict[str, Any] = dict(await _measure(tracker, send, messages, window, limit_s=60))
         result["stream_reconnects"] = reconnects[0]
+        if codes:
+            result["reconnect_codes"] = codes
         return result
     finally:
         for reader in readers:
@@ -413,18 +417,21 @@ async def run(args: argparse.Namespace) -> None:
                         args.window,
                     )
                 )
-                result["baseline_raw_nats"] = await bench_raw(
-                    stack.nats_url, size, args.messages, args.payload, args.window, copies=False
-                )
+                designs = {"baseline_raw_nats": False}
                 if not args.skip_copies:
-                    result["per_recipient_copy"] = await bench_raw(
-                        stack.nats_url,
-                        size,
-                        args.messages,
-                        args.payload,
-                        args.window,
-                        copies=True,
-                    )
+                    designs["per_recipient_copy"] = True
+                for label, copies in designs.items():
+                    try:
+                        result[label] = await bench_raw(
+                            stack.nats_url,
+                            size,
+                            args.messages,
+                            args.payload,
+                            args.window,
+                            copies=copies,
+                        )
+                    except Exception as err:  # e.g. nats-server's consumer limit at 10,000
+                        result[label] = {"error": f"{type(err).__name__}: {err}"}
                 print(json.dumps(result), flush=True)
         finally:
             stack.stop()
