@@ -30,9 +30,9 @@ DEFAULT_MAX_FILE_BYTES = 100 * MIB
 DEFAULT_QUOTA_BYTES = 2048 * MIB
 DEFAULT_BLOB_TTL_SECONDS = 30 * 24 * 3600.0
 DEFAULT_UPLOAD_TTL_SECONDS = 24 * 3600.0
-# The contract caps blobs at what one chunk index space and one int64 comfortably hold;
-# an operator may lower the limit, and raise it up to 1 GiB (the download stream of a
-# larger blob would outlive most client deadlines).
+# Operators may lower the per-file limit, or raise it up to 1 GiB: one download stream of a
+# larger blob would outlive typical client deadlines, and clients pad sizes into buckets
+# that grow with the size, so bigger files belong in another product.
 MAX_FILE_BYTES_CEILING = 1024 * MIB
 # A person attaches a few files at a time; a script creating uploads in a loop (to fill
 # storage or to probe) is slowed to one every two seconds after the burst.
