@@ -99,7 +99,7 @@ async def test_offline_device_catches_up_and_unacked_items_return(
     got = await listener.wait_for(1)
     assert [g.message.message_id for g in got] == [first]
     marker = next(i for i in listener.items if i.HasField("catch_up_complete"))
-    assert marker.catch_up_complete.backlog_count == 1
+    assert marker.catch_up_complete.backlog_count == 2  # the group's creation, then `first`
     assert await _ack(messaging, bob, got[0]) == 1
     assert await _ack(messaging, bob, got[0]) == 0  # idempotent
     await listener.close()
@@ -344,3 +344,56 @@ async def test_ack_rejects_foreign_and_malformed_tokens(messaging: MessagingHarn
             M.AckMessagesRequest(delivery_tokens=[bad]), metadata=bob.md
         )
         await _invalid(call)
+
+
+def _kinds(listener: object) -> list[tuple[str, int | str]]:
+    """(kind, version or message id) of every durable or notice item, in order."""
+    out: list[tuple[str, int | str]] = []
+    for item in listener.items:  # type: ignore[attr-defined]
+        if item.HasField("membership_change"):
+            out.append(("change", item.membership_change.membership_version))
+        elif item.HasField("message"):
+            out.append(("message", item.message.message_id))
+    return out
+
+
+async def test_membership_changes_reach_member_streams_in_order(
+    messaging: MessagingHarness,
+) -> None:
+    """Changes are durable items in order with messages; a new member's first item is its
+    own addition; a removed member gets its removal as its last (token-less) item."""
+    admin, bob, carol = messaging.device(), messaging.device(), messaging.device()
+    group = await messaging.group(admin, bob)
+    l_bob = await messaging.subscribe(bob)
+    l_carol = await messaging.subscribe(carol)
+    m1 = await messaging.send(admin, group.group_id)
+    await messaging.stub.AddMembers(
+        M.AddMembersRequest(group_id=group.group_id, account_ids=[carol.account_id]),
+        metadata=admin.md,
+    )
+    m2 = await messaging.send(admin, group.group_id)
+    await messaging.stub.RemoveMembers(
+        M.RemoveMembersRequest(group_id=group.group_id, account_ids=[bob.account_id]),
+        metadata=admin.md,
+    )
+    await l_carol.wait_for(1)
+    async with asyncio.timeout(5):
+        while len(_kinds(l_bob)) < 5 or len(_kinds(l_carol)) < 3:
+            l_bob.changed.clear()
+            await asyncio.sleep(0.05)
+    v = group.membership_version
+    assert _kinds(l_bob) == [
+        ("change", v),
+        ("message", m1),
+        ("change", v + 1),
+        ("message", m2),
+        ("change", v + 2),
+    ]
+    assert _kinds(l_carol) == [("change", v + 1), ("message", m2), ("change", v + 2)]
+    removal = [i for i in l_bob.items if i.HasField("membership_change")][-1]
+    assert list(removal.membership_change.removed_account_ids) == [bob.account_id]
+    assert removal.delivery_token == ""  # live notice: bob is no longer in the log's audience
+    added = next(i for i in l_carol.items if i.HasField("membership_change"))
+    assert list(added.membership_change.added_account_ids) == [carol.account_id]
+    assert added.delivery_token  # durable: acknowledged like a message
+    assert await _ack(messaging, carol, added) == 1

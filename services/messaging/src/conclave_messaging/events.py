@@ -12,6 +12,8 @@ from conclave_kit.database import Connection
 from conclave_kit.outbox import enqueue
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from conclave_messaging.streams import group_subject
+
 GROUP_MEMBERSHIP = "conclave.events.group.membership"
 
 
@@ -58,4 +60,13 @@ async def group_membership(
         group_deleted=group_deleted,
     )
     await enqueue(conn, GROUP_MEMBERSHIP, event_id, event.SerializeToString())
+    if not group_deleted:
+        # Also into the group's log, so member devices get it durably and in order with
+        # the messages (clients rotate sender keys on it). A deleted group has no members.
+        await enqueue(conn, group_subject(change.group_id), event_id, log_item(change))
     return event
+
+
+def log_item(change: M.GroupMembershipChange) -> bytes:
+    """The change as stored in the group's log (a token-less SubscribeResponse)."""
+    return M.SubscribeResponse(membership_change=change).SerializeToString()

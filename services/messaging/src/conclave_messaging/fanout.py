@@ -80,7 +80,7 @@ class Push:
 
     conversation: str
     seq: int
-    delivery: M.MessageDelivery
+    item: M.SubscribeResponse  # as stored: a message or a membership change, no token
     size_class: str = "1"  # group size class for the latency metric (1 = 1:1)
 
 
@@ -92,8 +92,15 @@ class CatchUp:
     floor: int
 
 
+@dataclass(frozen=True)
+class Notice:
+    """A live-only item pushed as is (no delivery token)."""
+
+    response: M.SubscribeResponse
+
+
 _WAKE = object()  # queue item that only makes the stream look at its close flag
-Item = Push | CatchUp | object
+Item = Push | CatchUp | Notice | object
 
 
 @dataclass(eq=False)
@@ -201,14 +208,14 @@ class Feed(_Subscribing):
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         try:
-            delivery = M.MessageDelivery.FromString(msg.data)
+            stored = M.SubscribeResponse.FromString(msg.data)
         except Exception:  # a foreign message on our subject must not stop the feed
             _log.warning("feed_message_malformed")
             return
         size = (msg.headers or {}).get(streams.SIZE_HEADER, "1")
-        push = Push(self.conversation, seq, delivery, size)
+        push = Push(self.conversation, seq, stored, size)
         # The sending device has the plaintext already; its other devices get a copy.
-        sender = delivery.sender.device_id
+        sender = stored.message.sender.device_id
         queued = 0
         for ds, floor in self.listeners.items():
             if seq > floor and ds.who.device_id != sender:
@@ -364,7 +371,11 @@ class Hub:
         removed = set(change.removed_account_ids)
         for account in removed:
             for ds in list(self._by_account.get(account, ())):
-                self._detach(ds, gid)
+                if gid in ds.attached:
+                    self._detach(ds, gid)
+                    # Its last item of the group; live only (it is no longer in the log's
+                    # audience), so no token to acknowledge.
+                    ds.queue.put_nowait(Notice(M.SubscribeResponse(membership_change=change)))
         if event.group_deleted:
             for streams_of_account in list(self._by_account.values()):
                 for ds in list(streams_of_account):
@@ -447,13 +458,14 @@ class Hub:
     def _response(self, ds: DeviceStream, push: Push) -> M.SubscribeResponse:
         conversation, seq = push.conversation, push.seq
         ds.sent[conversation] = seq
-        DELIVERIES.inc()
-        response = M.SubscribeResponse(
-            delivery_token=streams.delivery_token(ds.who.device_id, conversation, seq)
-        )
-        response.message.CopyFrom(push.delivery)
+        response = M.SubscribeResponse()
+        response.CopyFrom(push.item)
+        if response.HasField("message"):
+            DELIVERIES.inc()
+        response.delivery_token = streams.delivery_token(ds.who.device_id, conversation, seq)
         if seq <= ds.previously.get(conversation, 0):
-            response.message.redelivered = True
+            if response.HasField("message"):
+                response.message.redelivered = True
             REDELIVERIES.inc()
         return response
 
@@ -468,12 +480,12 @@ class Hub:
                 return
             if seq <= ds.sent.get(conversation, 0):
                 continue
-            delivery = M.MessageDelivery.FromString(data)
-            if delivery.sender.device_id == ds.who.device_id:
+            stored = M.SubscribeResponse.FromString(data)
+            if stored.message.sender.device_id == ds.who.device_id:
                 continue
             if live:
-                _observe_latency(delivery, "1")
-            yield self._response(ds, Push(conversation, seq, delivery))
+                _observe_latency(stored, "1")
+            yield self._response(ds, Push(conversation, seq, stored))
 
     async def subscribe(
         self, who: Caller, max_unacknowledged: int
@@ -523,8 +535,10 @@ class Hub:
                     ):
                         continue
                     response = self._response(ds, item)
-                    _observe_latency(item.delivery, item.size_class)
+                    _observe_latency(item.item, item.size_class)
                     yield response
+                elif isinstance(item, Notice):
+                    yield item.response
                 elif isinstance(item, CatchUp):
                     direct = item.conversation == streams.DIRECT
                     if direct:
@@ -548,8 +562,10 @@ class Hub:
             self._unregister(ds)
 
 
-def _observe_latency(delivery: M.MessageDelivery, size: str) -> None:
-    sent_at = delivery.server_time
+def _observe_latency(stored: M.SubscribeResponse, size: str) -> None:
+    if not stored.HasField("message"):
+        return
+    sent_at = stored.message.server_time
     SEND_TO_PUSH_SECONDS.labels(size).observe(
         max(0.0, time.time() - sent_at.seconds - sent_at.nanos / 1e9)
     )

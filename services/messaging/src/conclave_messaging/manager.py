@@ -176,9 +176,23 @@ class MessagingManager:
         self._listeners.append(listener)
 
     async def _committed(self, event: events_pb2.GroupMembership) -> None:
-        self._relay.wake()
+        # This replica's streams first: a removed member is detached before the change
+        # (and anything after it) reaches the group's feed here.
         for listener in self._listeners:
             await listener(event)
+        if not event.group_deleted:
+            # Append the change to the group's log now, so it precedes every message sent
+            # after this call returns. The outbox row is the backstop after a crash; its
+            # later publish has the same Nats-Msg-Id and is dropped as a duplicate.
+            try:
+                await self._js.publish(
+                    streams.group_subject(event.change.group_id),
+                    events.log_item(event.change),
+                    headers={"Nats-Msg-Id": event.event_id},
+                )
+            except Exception as err:
+                _log.warning("membership_log_publish_deferred", error_type=type(err).__name__)
+        self._relay.wake()
 
     # ------------------------------------------------------------------ groups
 
@@ -503,7 +517,7 @@ class MessagingManager:
         if not all(a.duplicate for a in acks):
             return None, False
         first = await self._js.get_msg(stream, seq=acks[0].seq)
-        original = M.MessageDelivery.FromString(first.data or b"")
+        original = M.SubscribeResponse.FromString(first.data or b"").message
         return original.server_time.ToDatetime(UTC), True
 
     async def send_direct(
@@ -568,7 +582,7 @@ class MessagingManager:
             pending.append(
                 await self._js.publish_async(
                     streams.device_subject(device),
-                    delivery.SerializeToString(),
+                    M.SubscribeResponse(message=delivery).SerializeToString(),
                     headers={"Nats-Msg-Id": msg_id},
                 )
             )
@@ -616,7 +630,7 @@ class MessagingManager:
         delivery.server_time.FromDatetime(now)
         ack = await self._js.publish(
             streams.group_subject(gid),
-            delivery.SerializeToString(),
+            M.SubscribeResponse(message=delivery).SerializeToString(),
             headers={
                 "Nats-Msg-Id": streams.dedup_id("g", who.account_id, message_id),
                 streams.SIZE_HEADER: size_class(int(row["member_count"])),

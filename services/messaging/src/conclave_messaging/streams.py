@@ -7,9 +7,10 @@ Two streams, both file storage (a send that returned ``accepted`` survives a res
 * ``MSG_DIRECT``, subjects ``conclave.msg.device.<device_id>``: per-device mailboxes for
   1:1 envelopes (one copy per addressed device, each its own ciphertext).
 
-Each stored message is a serialized ``messaging.v1.MessageDelivery`` (without delivery
-token or redelivery flag, which depend on the reader). ``Nats-Msg-Id`` makes retried sends
-idempotent within the streams' duplicate window.
+Each stored message is a serialized ``messaging.v1.SubscribeResponse`` holding a
+``message`` (or, in group logs, a ``membership_change``, appended through the outbox in
+order with the messages) and no delivery token, which depends on the reader.
+``Nats-Msg-Id`` makes retried sends idempotent within the streams' duplicate window.
 """
 
 from __future__ import annotations
