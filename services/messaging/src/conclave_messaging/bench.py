@@ -207,6 +207,7 @@ async def bench_service(
 
     readers = [asyncio.create_task(device(i, m)) for i, m in enumerate(members)]
     await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 600)
+    at_setup = reconnects[0]  # failed stream opens before the first message
     body = secrets.token_bytes(payload)
 
     async def send(key: str) -> None:
@@ -220,7 +221,8 @@ async def bench_service(
 
     try:
         result: dict[str, Any] = dict(await _measure(tracker, send, messages, window, limit_s=60))
-        result["stream_reconnects"] = reconnects[0]
+        result["stream_reconnects"] = reconnects[0] - at_setup
+        result["setup_reconnects"] = at_setup
         if codes:
             result["reconnect_codes"] = codes
         return result
@@ -295,6 +297,7 @@ class Stack:
 
     base: Path
     fsync_always: bool
+    service_log: str | None = None
     signer: TokenSigner = field(default_factory=lambda: TokenSigner.generate("bench", 3600))
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     postgres: Any = None
@@ -357,13 +360,14 @@ class Stack:
             "CONCLAVE_MESSAGING_GRPC_PORT": "0",
             "CONCLAVE_MESSAGING_METRICS_PORT": "0",
             "CONCLAVE_MESSAGING_PORTS_FILE": str(ports_file),
-            "CONCLAVE_LOG_LEVEL": "warning",
+            "CONCLAVE_LOG_LEVEL": "info" if self.service_log else "warning",
         }
+        log = Path(self.service_log or self.base / "messaging.log").open("ab")  # noqa: ASYNC230, SIM115 - handed to the child
         self.processes.append(
             subprocess.Popen(  # noqa: ASYNC220 - once, before anything is measured
                 [sys.executable, "-m", "conclave_messaging"],
                 env=env,
-                stdout=(self.base / "messaging.log").open("ab"),
+                stdout=log,
                 stderr=subprocess.STDOUT,
             )
         )
@@ -395,7 +399,7 @@ class Stack:
 async def run(args: argparse.Namespace) -> None:
     """Runs every group size and prints one JSON object per size."""
     with tempfile.TemporaryDirectory(prefix="conclave-bench-") as tmp:
-        stack = Stack(Path(tmp), args.fsync_always)
+        stack = Stack(Path(tmp), args.fsync_always, args.service_log)
         try:
             stack.start_nats()
             stack.start_postgres()
@@ -448,6 +452,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=8, help="messages in flight (throughput)")
     parser.add_argument("--fsync-always", action="store_true")
     parser.add_argument("--skip-copies", action="store_true")
+    parser.add_argument("--service-log", help="keep the service's log (info level) here")
     asyncio.run(run(parser.parse_args()))
 
 
