@@ -11,6 +11,7 @@ import json
 import stat
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,8 @@ from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.integration.client.test_cli_auth import User, auth_stack
+from tests.integration.client.test_cli_auth import User
 from tests.integration.stack.conftest import RunningStack
-
-__all__ = ["auth_stack"]
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +73,17 @@ class KeyUser(User):
         return (("authorization", f"Bearer {self.credentials()['access_token']}"),)
 
 
+@dataclass
+class Pair:
+    """Two registered users, logged in once (the stack allows 10 registrations per hour
+    from one address, shared by every test on it, so these tests register only two)."""
+
+    alice: KeyUser
+    bob: KeyUser
+    alice_login: dict[str, Any]
+    bob_login: dict[str, Any]
+
+
 def user(stack: RunningStack, home: Path) -> KeyUser:
     person = KeyUser(stack, home)
     person.pinned = log_key(stack)
@@ -81,11 +91,15 @@ def user(stack: RunningStack, home: Path) -> KeyUser:
     return person
 
 
-def test_login_publishes_keys_and_relogin_keeps_them(
-    auth_stack: RunningStack, tmp_path: Path
-) -> None:
-    alice = user(auth_stack, tmp_path / "alice")
-    login = alice.login()
+@pytest.fixture(scope="module")
+def pair(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Pair:
+    base = tmp_path_factory.mktemp("keys-cli")
+    alice, bob = user(stack, base / "alice"), user(stack, base / "bob")
+    return Pair(alice, bob, alice.login(), bob.login())
+
+
+def test_login_publishes_keys_and_relogin_keeps_them(stack: RunningStack, pair: Pair) -> None:
+    alice, bob, login = pair.alice, pair.bob, pair.alice_login
     keys = login["keys"]
     assert keys["published"] is True and keys["action"] == "published"
     assert keys["new_identity"] is True
@@ -93,7 +107,7 @@ def test_login_publishes_keys_and_relogin_keeps_them(
     device_db = alice.home / "device.db"
     assert stat.S_IMODE(device_db.stat().st_mode) == 0o600
 
-    with grpc.insecure_channel(auth_stack.grpc["keys"]) as channel:
+    with grpc.insecure_channel(stack.grpc["keys"]) as channel:
         stub = keys_pb2_grpc.KeyServiceStub(channel)
         counts = stub.GetPrekeyCounts(
             keys_pb2.GetPrekeyCountsRequest(), metadata=alice.metadata(), timeout=10
@@ -119,9 +133,7 @@ def test_login_publishes_keys_and_relogin_keeps_them(
 
     # Someone claims bundles until fewer than 10 one-time keys are left: the next login
     # tops both kinds back up to 100.
-    bob = user(auth_stack, tmp_path / "bob")
-    bob.login()
-    with grpc.insecure_channel(auth_stack.grpc["keys"]) as channel:
+    with grpc.insecure_channel(stack.grpc["keys"]) as channel:
         stub = keys_pb2_grpc.KeyServiceStub(channel)
         for _ in range(91):
             stub.ClaimPrekeyBundles(
@@ -139,12 +151,9 @@ def test_login_publishes_keys_and_relogin_keeps_them(
 
 
 def test_keys_verify_shows_fingerprints_and_detects_a_forked_head(
-    auth_stack: RunningStack, tmp_path: Path
+    stack: RunningStack, pair: Pair
 ) -> None:
-    alice = user(auth_stack, tmp_path / "alice")
-    alice.login()
-    bob = user(auth_stack, tmp_path / "bob")
-    bob_keys = bob.login()["keys"]
+    alice, bob, bob_keys = pair.alice, pair.bob, pair.bob_login["keys"]
 
     verified = alice.json("keys", "verify", bob.username)
     assert verified["verified"] is True and verified["username"] == bob.username
@@ -167,7 +176,7 @@ def test_keys_verify_shows_fingerprints_and_detects_a_forked_head(
     wrong = alice.run("keys", "verify", bob.username)
     assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1
     assert "key transparency check failed" in wrong.stderr
-    alice.pinned = log_key(auth_stack)
+    alice.pinned = log_key(stack)
 
     unknown = alice.run("keys", "verify", "nobody_" + bob.username)
     assert unknown.returncode == 1

@@ -31,7 +31,8 @@ class FakeDevice:
     last_resort_id: int
     one_time: list[int] = field(default_factory=list)
     pq_one_time: list[int] = field(default_factory=list)
-    uploaded: datetime = field(default_factory=lambda: datetime.now(UTC))
+    signed_uploaded: datetime = field(default_factory=lambda: datetime.now(UTC))
+    last_resort_uploaded: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
 def _check_signed(
@@ -83,9 +84,9 @@ class FakeKeysStub:
             one_time_prekeys=len(d.one_time),
             pq_one_time_prekeys=len(d.pq_one_time),
             signed_prekey_id=d.signed_prekey_id,
-            signed_prekey_upload_time=ts(d.uploaded),
+            signed_prekey_upload_time=ts(d.signed_uploaded),
             pq_last_resort_prekey_id=d.last_resort_id,
-            pq_last_resort_prekey_upload_time=ts(d.uploaded),
+            pq_last_resort_prekey_upload_time=ts(d.last_resort_uploaded),
             low=min(len(d.one_time), len(d.pq_one_time)) < 10,
         )
 
@@ -135,6 +136,18 @@ class FakeKeysStub:
                 raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "X25519 keys are 32 bytes")
         for kem in request.pq_one_time_prekeys:
             _check_kem(device.signing, kem)
+        if request.HasField("signed_prekey"):
+            _check_signed(device.signing, request.signed_prekey, b"Conclave/v1/Sig/SignedPreKey")
+            if request.signed_prekey.key_id == device.signed_prekey_id:
+                raise rpc_error(grpc.StatusCode.ALREADY_EXISTS, "signed prekey id still stored")
+            device.signed_prekey_id = request.signed_prekey.key_id
+            device.signed_uploaded = datetime.now(UTC)
+        if request.HasField("pq_last_resort_prekey"):
+            _check_kem(device.signing, request.pq_last_resort_prekey)
+            if request.pq_last_resort_prekey.key_id == device.last_resort_id:
+                raise rpc_error(grpc.StatusCode.ALREADY_EXISTS, "last-resort id still stored")
+            device.last_resort_id = request.pq_last_resort_prekey.key_id
+            device.last_resort_uploaded = datetime.now(UTC)
         ids = [k.key_id for k in request.one_time_prekeys]
         pq_ids = [k.key_id for k in request.pq_one_time_prekeys]
         if set(ids) & set(device.one_time) or set(pq_ids) & set(device.pq_one_time):

@@ -10,6 +10,7 @@ import re
 import stat
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from conclave_client.keys_client import (
     parse_log_key,
     pinned_log_key,
     registration_id,
+    rotate_signed_prekeys,
 )
 from conclave_client.transparency import EquivocationError, TreeHead, VerifiedDevice
-from conclave_crypto import CryptoStore
+from conclave_crypto import CryptoStore, Device
 
 from tests.unit.client.fakes import FakeAuthStub, as_stub, rpc_error
 from tests.unit.client.fakes_keys import LOG_PUBLIC_KEY, FakeKeysStub, as_keys_stub
@@ -110,6 +112,7 @@ def test_login_of_a_new_device_publishes_its_keys(keys: FakeKeysStub, run: Run, 
         "one_time_prekeys": 100,
         "pq_one_time_prekeys": 100,
         "leaf_index": 0,
+        "signed_prekeys_rotated": False,
     }
     device = keys.devices[(result["account_id"], result["device_id"])]
     assert (len(device.one_time), len(device.pq_one_time)) == (100, 100)
@@ -145,14 +148,40 @@ def test_login_again_keeps_keys_and_tops_up_when_low(keys: FakeKeysStub, run: Ru
     assert (topped["one_time_prekeys"], topped["pq_one_time_prekeys"]) == (100, 100)
 
 
+def test_login_rotates_old_signed_prekeys(keys: FakeKeysStub, run: Run, home: Path) -> None:
+    first = login(run)
+    device = keys.devices[(first["account_id"], first["device_id"])]
+    old_spk, old_lr = device.signed_prekey_id, device.last_resort_id
+    assert run("logout")[0] == 0
+    fresh = login(run, register=False)["keys"]  # a day old at most: kept
+    assert fresh["signed_prekeys_rotated"] is False and device.signed_prekey_id == old_spk
+
+    device.signed_uploaded -= timedelta(days=8)
+    assert run("logout")[0] == 0
+    keys.calls.clear()
+    code, out, _ = run(
+        "login", "alice", "--code", FakeAuthStub.TOTP, "--password-stdin", stdin=PASSWORD + "\n"
+    )
+    assert code == 0 and "Rotated the signed X25519 and last-resort ML-KEM-1024 prekeys." in out
+    assert keys.calls == ["LookupIdentityKeys", "GetPrekeyCounts", "UploadPrekeys"]
+    assert device.signed_prekey_id not in (0, old_spk) and device.last_resort_id != old_lr
+    assert (len(device.one_time), len(device.pq_one_time)) == (100, 100)  # none added
+    with CryptoStore.open(home / "device.db") as store:
+        prekeys = store.load_device().prekeys
+    # The new keys are current; the previous ones stay for messages already on their way.
+    assert prekeys.current_signed_prekey_id == device.signed_prekey_id
+    assert prekeys.last_resort_kem_id == device.last_resort_id
+    assert old_spk in prekeys.signed_prekeys and old_lr in prekeys.kem_prekeys
+
+
 def test_login_human_output_mentions_the_keys(keys: FakeKeysStub, run: Run) -> None:
     run("register", "alice", "--password-stdin", stdin=PASSWORD + "\n")
     code, out, _ = run(
         "login", "alice", "--code", FakeAuthStub.TOTP, "--password-stdin", stdin=PASSWORD + "\n"
     )
     assert code == 0
-    assert "Published this device's keys: identity " in out
-    assert "100 one-time X25519 and 100 one-time ML-KEM-1024 prekeys" in out
+    assert "Published this device's keys (100 one-time X25519 and 100 one-time ML-KEM-1024 " in out
+    assert re.search(r"\n  Identity fingerprint: ([0-9a-f]{4} ){15}[0-9a-f]{4}\n", out)
 
 
 def test_removed_device_gets_a_new_identity(keys: FakeKeysStub, run: Run, home: Path) -> None:
@@ -296,7 +325,7 @@ def test_keys_verify_human(keys: FakeKeysStub, run: Run, monkeypatch: pytest.Mon
     code, out, _ = run("keys", "verify", "bob", "--log-key", LOG_KEY_HEX)
     assert code == 0
     assert out.startswith("Verified 1 device of bob in the key-transparency log (log size 7).")
-    assert f"  dev-b  {BOB.digest}\n" in out
+    assert f"  device dev-b\n    {BOB.digest}\n" in out
     assert len(BOB.digest.split()) == 16
 
     fake_verify(monkeypatch, VerifiedAccount("bob", "acc-b", (), None))
@@ -385,3 +414,14 @@ def test_unreadable_remembered_heads_fail_verification(
     assert (code, out) == (1, "")
     assert err.startswith("conclave: error: key transparency check failed for alice: ")
     assert "kt-heads.json cannot be read (KeyError)" in err and err.count("\n") == 1
+
+
+def test_rotation_keeps_one_previous_key_of_each_kind() -> None:
+    device = Device.create("acc", "dev")
+    for _ in range(3):
+        spk, last_resort = rotate_signed_prekeys(device)
+    prekeys = device.prekeys
+    assert prekeys.current_signed_prekey_id == spk.key_id
+    assert prekeys.last_resort_kem_id == last_resort.key_id
+    assert len(prekeys.signed_prekeys) == 2
+    assert len([k for k in prekeys.kem_prekeys.values() if k.last_resort]) == 2

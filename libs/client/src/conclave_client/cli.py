@@ -266,21 +266,24 @@ def _publication_json(published: Publication | None, pending: bool) -> dict[str,
         "one_time_prekeys": published.one_time_prekeys,
         "pq_one_time_prekeys": published.pq_one_time_prekeys,
         "leaf_index": published.leaf_index,
+        "signed_prekeys_rotated": published.signed_prekeys_rotated,
     }
 
 
 def _print_publication(p: Publication) -> None:
     if p.action == "published":
         print(
-            f"Published this device's keys: identity {p.fingerprint}\n"
-            f"  with {p.one_time_prekeys} one-time X25519 and {p.pq_one_time_prekeys} "
-            "one-time ML-KEM-1024 prekeys."
+            f"Published this device's keys ({p.one_time_prekeys} one-time X25519 and "
+            f"{p.pq_one_time_prekeys} one-time ML-KEM-1024 prekeys).\n"
+            f"  Identity fingerprint: {p.fingerprint}"
         )
     elif p.action == "topped_up":
         print(
             f"Added {p.one_time_uploaded} one-time X25519 and {p.pq_one_time_uploaded} "
             f"ML-KEM-1024 prekeys (now {p.one_time_prekeys} / {p.pq_one_time_prekeys})."
         )
+    if p.signed_prekeys_rotated:
+        print("Rotated the signed X25519 and last-resort ML-KEM-1024 prekeys.")
 
 
 def _cmd_logout(args: argparse.Namespace) -> int:
@@ -452,7 +455,7 @@ def _cmd_keys_verify(args: argparse.Namespace) -> int:
     )
     print("Compare each fingerprint with the one shown on that device:")
     for d in result.devices:
-        print(f"  {d.device_id}  {d.digest}")
+        print(f"  device {d.device_id}\n    {d.digest}")
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,6 +53,9 @@ ONE_TIME_TARGET = 100
 LOW_WATER = 10
 """Top up when either one-time count falls below this (the server's "low" mark)."""
 MAX_REGISTRATION_ID = 2**31 - 1
+SIGNED_PREKEY_MAX_AGE = timedelta(days=7)
+"""Rotate the signed and last-resort prekeys at the first login after they reach this age
+(the server keeps a replaced one for a grace period, 7 days by default)."""
 
 T = TypeVar("T")
 
@@ -165,6 +168,29 @@ def one_time_request(
     )
 
 
+def rotate_signed_prekeys(
+    device: Device,
+) -> tuple[keys_pb2.SignedEcPrekey, keys_pb2.SignedKemPrekey]:
+    """New current signed X25519 and last-resort ML-KEM prekeys in ``device`` (save it).
+
+    The previous ones stay on the device (one of each) so first messages addressed to them
+    while the server still hands them out can be answered; older ones are deleted.
+    """
+    store = device.prekeys
+    spk = store.generate_signed_prekey(device.identity)
+    store.prune_signed_prekeys(keep=2)
+    last_resort = store.generate_kem_prekey(device.identity, last_resort=True)
+    old = sorted(
+        k for k, v in store.kem_prekeys.items() if v.last_resort and k != last_resort.key_id
+    )
+    for key_id in old[:-1]:
+        del store.kem_prekeys[key_id]
+    return (
+        keys_pb2.SignedEcPrekey(key_id=spk.key_id, public_key=spk.public, signature=spk.signature),
+        _kem(last_resort),
+    )
+
+
 @dataclass(frozen=True)
 class PrekeyStatus:
     """Unclaimed prekeys of one device (GetPrekeyCounts).
@@ -207,6 +233,8 @@ class Publication:
         one_time_prekeys: One-time X25519 prekeys on the server afterwards.
         pq_one_time_prekeys: One-time ML-KEM-1024 prekeys on the server afterwards.
         leaf_index: The binding's transparency-log leaf, when published now.
+        signed_prekeys_rotated: New signed X25519 and last-resort ML-KEM prekeys were
+            uploaded (the old ones were older than :data:`SIGNED_PREKEY_MAX_AGE`).
     """
 
     device_id: str
@@ -218,6 +246,7 @@ class Publication:
     one_time_prekeys: int
     pq_one_time_prekeys: int
     leaf_index: int | None = None
+    signed_prekeys_rotated: bool = False
 
 
 @dataclass(frozen=True)
@@ -246,6 +275,7 @@ class KeysClient:
         home: The client home (default ``$CONCLAVE_HOME``).
         stub: A KeyService stub; by default one on an insecure channel (tests pass a fake).
         timeout: Seconds per RPC.
+        now: Clock (UTC), injectable for tests.
     """
 
     def __init__(
@@ -256,7 +286,9 @@ class KeysClient:
         home: Path | None = None,
         stub: keys_pb2_grpc.KeyServiceStub | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._now = now
         self.address = address
         self.auth = auth
         self._home = home
@@ -330,15 +362,15 @@ class KeysClient:
         )
         return list(reply.devices)
 
-    def _counts(self, device_id: str) -> tuple[int, int]:
+    def _counts(self, device_id: str) -> keys_pb2.PrekeyCounts:
         request = keys_pb2.GetPrekeyCountsRequest(device_id=device_id)
         reply = self._call(
             lambda md: self._stub.GetPrekeyCounts(request, metadata=md, timeout=self._timeout)
         )
         for c in reply.devices:
             if c.device_id == device_id:
-                return c.one_time_prekeys, c.pq_one_time_prekeys
-        return 0, 0
+                return c
+        return keys_pb2.PrekeyCounts(device_id=device_id)
 
     # -- this device -----------------------------------------------------------------------
 
@@ -380,9 +412,12 @@ class KeysClient:
                 bytes(server.identity_key.agreement_public_key),
             ) == (identity.signing, identity.dh)
             leaf_index: int | None = None
+            rotate = False
             if same:
                 action = "unchanged"
-                one_time, pq_one_time = self._counts(device_id)
+                counts = self._counts(device_id)
+                one_time, pq_one_time = counts.one_time_prekeys, counts.pq_one_time_prekeys
+                rotate = self._due(counts)
             else:
                 # A new device, or one whose published identity is not ours (its state was
                 # lost here): publish ours. FRESH auth: the token of the login just made.
@@ -398,14 +433,18 @@ class KeysClient:
             if action == "published" or min(one_time, pq_one_time) < LOW_WATER:
                 add_ec = max(0, ONE_TIME_TARGET - one_time)
                 add_kem = max(0, ONE_TIME_TARGET - pq_one_time)
-            if add_ec or add_kem:
+            if add_ec or add_kem or rotate:
                 upload = one_time_request(device, device_id, add_ec, add_kem)
+                if rotate:
+                    spk, last_resort = rotate_signed_prekeys(device)
+                    upload.signed_prekey.CopyFrom(spk)
+                    upload.pq_last_resort_prekey.CopyFrom(last_resort)
                 store.save_device(device)  # the private halves first
-                counts = self._call(
+                after = self._call(
                     lambda md: self._stub.UploadPrekeys(upload, metadata=md, timeout=self._timeout)
                 ).counts
-                one_time, pq_one_time = counts.one_time_prekeys, counts.pq_one_time_prekeys
-                if action == "unchanged":
+                one_time, pq_one_time = after.one_time_prekeys, after.pq_one_time_prekeys
+                if action == "unchanged" and (add_ec or add_kem):
                     action = "topped_up"
         return Publication(
             device_id=device_id,
@@ -417,7 +456,28 @@ class KeysClient:
             one_time_prekeys=one_time,
             pq_one_time_prekeys=pq_one_time,
             leaf_index=leaf_index,
+            signed_prekeys_rotated=rotate,
         )
+
+    def _due(self, counts: keys_pb2.PrekeyCounts) -> bool:
+        """True when the signed or last-resort prekey is missing or older than the max age."""
+        now = self._now()
+        for key_id, stamp, present in (
+            (
+                counts.signed_prekey_id,
+                counts.signed_prekey_upload_time,
+                counts.HasField("signed_prekey_upload_time"),
+            ),
+            (
+                counts.pq_last_resort_prekey_id,
+                counts.pq_last_resort_prekey_upload_time,
+                counts.HasField("pq_last_resort_prekey_upload_time"),
+            ),
+        ):
+            uploaded = _time(stamp, present)
+            if not key_id or uploaded is None or now - uploaded >= SIGNED_PREKEY_MAX_AGE:
+                return True
+        return False
 
     def forget_device(self) -> None:
         """Deletes this device's private state (after the device was removed)."""
