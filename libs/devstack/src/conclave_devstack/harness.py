@@ -65,6 +65,10 @@ def launcher_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONCLAVE_")}
     env["CONCLAVE_NATS_PORT"] = "0"
     env["CONCLAVE_SHUTDOWN_GRACE_SECONDS"] = "5"
+    # Every test client connects from 127.0.0.1: per-address limits meant for the internet
+    # would make tests depend on how many others registered before them.
+    env["CONCLAVE_AUTH_SOURCE_REGISTRATIONS_PER_HOUR"] = "10000"
+    env["CONCLAVE_AUTH_SOURCE_LOGINS_PER_MINUTE"] = "10000"
     for name in SERVICES:
         env[f"CONCLAVE_{name.upper()}_GRPC_PORT"] = "0"
         env[f"CONCLAVE_{name.upper()}_METRICS_PORT"] = "0"

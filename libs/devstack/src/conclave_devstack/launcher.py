@@ -104,6 +104,7 @@ class Stack:
         self.postgres: EmbeddedPostgres | None = None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints: dict[str, dict[str, int]] = {}
+        self.kt_log_key = ""
         self._logs: list[IO[bytes]] = []
 
     def start(self, timeout: float) -> None:
@@ -136,7 +137,14 @@ class Stack:
             self.postgres.start()
             database_url = self.postgres.url
         key = load_or_create_signing_key(self.data_dir / "secrets")
-        load_or_create_signing_key(self.data_dir / "secrets", KT_KEY_FILE)
+        kt_key = load_or_create_signing_key(self.data_dir / "secrets", KT_KEY_FILE)
+        # Clients pin this key (CONCLAVE_KT_LOG_KEY) before trusting tree heads; printing it
+        # here is the dev stand-in for publishing it out of band.
+        self.kt_log_key = base64.b64encode(
+            kt_key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
+        ).decode()
         public = key.public_key().public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
@@ -186,6 +194,7 @@ class Stack:
             json.dumps(
                 {
                     "nats": nats_url,
+                    "kt_log_key": self.kt_log_key,
                     "services": {
                         name: {"grpc": f"{host}:{p['grpc']}", "metrics_port": p["metrics"]}
                         for name, p in self.endpoints.items()
@@ -264,6 +273,7 @@ def _print_endpoints(stack: Stack, host: str) -> None:
             f"{svc.name:<10} grpc {host}:{ports['grpc']:<6} "
             f"metrics http://{host}:{ports['metrics']}/metrics  pid {stack.children[svc.name].pid}"
         )
+    _say(f"kt log key {stack.kt_log_key}  (clients: export CONCLAVE_KT_LOG_KEY=...)")
     _say(f"logs       {stack.data_dir / 'logs'}")
 
 
