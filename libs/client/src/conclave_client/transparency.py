@@ -32,6 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
+
+# The RFC 9162 proof math lives once, in the client crypto library (tested there against
+# the Certificate Transparency vectors); this module adds the wire format, the pinned key
+# and the remembered heads.
+from conclave_crypto.transparency import leaf_hash as leaf_hash
+from conclave_crypto.transparency import node_hash as node_hash
+from conclave_crypto.transparency import verify_consistency as verify_consistency
+from conclave_crypto.transparency import verify_inclusion as verify_inclusion
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -40,10 +48,6 @@ from conclave_client.home import conclave_home
 LEAF_CONTEXT = b"Conclave/v1/KT/Leaf"
 TREE_HEAD_CONTEXT = b"Conclave/v1/KT/TreeHead"
 HASH_SIZE = 32
-# keys.proto caps audit paths at 64 and consistency proofs at 128 hashes; anything longer
-# cannot be valid for a tree of at most 2**64 leaves and is refused before hashing.
-MAX_AUDIT_PATH = 64
-MAX_CONSISTENCY_PROOF = 128
 ACTION_ADD = keys_pb2.LOG_ACTION_ADD
 ACTION_ROTATE = keys_pb2.LOG_ACTION_ROTATE
 ACTION_REMOVE = keys_pb2.LOG_ACTION_REMOVE
@@ -59,16 +63,6 @@ class RollbackError(TransparencyError):
 
 class EquivocationError(TransparencyError):
     """The server presented a head that is not a consistent extension of a verified one."""
-
-
-def leaf_hash(leaf: bytes) -> bytes:
-    """RFC 9162 leaf hash: SHA-256(0x00 || leaf)."""
-    return hashlib.sha256(b"\x00" + leaf).digest()
-
-
-def node_hash(left: bytes, right: bytes) -> bytes:
-    """RFC 9162 interior node hash: SHA-256(0x01 || left || right)."""
-    return hashlib.sha256(b"\x01" + left + right).digest()
 
 
 def encode_leaf(
@@ -93,91 +87,6 @@ def encode_leaf(
         + agreement_public_key
         + struct.pack(">Q", timestamp_ms)
     )
-
-
-def _well_formed(proof: Sequence[bytes], limit: int) -> bool:
-    return len(proof) <= limit and all(len(h) == HASH_SIZE for h in proof)
-
-
-def verify_inclusion(
-    leaf_hash_: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
-) -> bool:
-    """Checks an inclusion proof (RFC 9162 §2.1.3.2).
-
-    Args:
-        leaf_hash_: Hash of the leaf (:func:`leaf_hash`).
-        index: The leaf's index.
-        tree_size: Size of the tree the proof is against.
-        proof: Audit path, leaf first.
-        root: Root hash of that tree.
-
-    Returns:
-        True only if the proof shows the leaf at ``index`` in the tree with ``root``.
-    """
-    if not 0 <= index < tree_size or not _well_formed(proof, MAX_AUDIT_PATH):
-        return False
-    if len(leaf_hash_) != HASH_SIZE or len(root) != HASH_SIZE:
-        return False
-    fn, sn, r = index, tree_size - 1, leaf_hash_
-    for p in proof:
-        if sn == 0:
-            return False  # more hashes than the tree has levels
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            r = node_hash(r, p)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and r == root
-
-
-def verify_consistency(
-    first_size: int,
-    second_size: int,
-    proof: Sequence[bytes],
-    first_root: bytes,
-    second_root: bytes,
-) -> bool:
-    """Checks that the tree of ``second_size`` extends that of ``first_size`` (§2.1.4.2).
-
-    Returns:
-        True only if the proof is valid for those sizes and roots. Equal sizes need an
-        empty proof and equal roots; ``first_size`` must be at least 1.
-    """
-    if not 0 < first_size <= second_size or not _well_formed(proof, MAX_CONSISTENCY_PROOF):
-        return False
-    if len(first_root) != HASH_SIZE or len(second_root) != HASH_SIZE:
-        return False
-    if first_size == second_size:
-        return not proof and first_root == second_root
-    path = list(proof)
-    # Step 1: if first_size is an exact power of two, the old root is the first node.
-    if first_size & (first_size - 1) == 0:
-        path.insert(0, first_root)
-    if not path:
-        return False
-    fn, sn = first_size - 1, second_size - 1
-    while fn & 1:  # step 3: shift past the levels where the old tree is a right edge
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            fr = node_hash(c, fr)
-            sr = node_hash(c, sr)
-            while not fn & 1 and fn != 0:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = node_hash(sr, c)
-        fn >>= 1
-        sn >>= 1
-    return sn == 0 and fr == first_root and sr == second_root
 
 
 @dataclass(frozen=True)
