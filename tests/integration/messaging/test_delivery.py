@@ -14,7 +14,7 @@ from conclave.messaging.v1 import messaging_pb2 as M
 from conclave_messaging import streams
 from prometheus_client import REGISTRY
 
-from tests.integration.messaging.conftest import Device, MessagingHarness
+from tests.integration.messaging.conftest import Device, Listener, MessagingHarness
 from tests.support import trailers
 
 pytestmark = pytest.mark.integration
@@ -397,3 +397,35 @@ async def test_membership_changes_reach_member_streams_in_order(
     assert list(added.membership_change.added_account_ids) == [carol.account_id]
     assert added.delivery_token  # durable: acknowledged like a message
     assert await _ack(messaging, carol, added) == 1
+
+
+async def test_stream_pauses_at_max_unacknowledged(messaging: MessagingHarness) -> None:
+    """With max_unacknowledged = 2 the stream holds further items until an ack arrives."""
+    alice, bob = messaging.device(), messaging.device()
+    group = await messaging.group(alice, bob)
+    bob_listener = await messaging.subscribe(bob)  # default window: takes the creation item
+    (creation,) = [i for i in bob_listener.items if i.HasField("membership_change")]
+    await _ack(messaging, bob, creation)
+    await bob_listener.close()
+    sent = [await messaging.send(alice, group.group_id) for _ in range(5)]
+    listener = Listener(
+        messaging.stub.Subscribe(M.SubscribeRequest(max_unacknowledged=2), metadata=bob.md)
+    )
+    listener.task = asyncio.create_task(listener.run())
+    messaging.listeners.append(listener)
+    got = await listener.wait_for(2)
+    await asyncio.sleep(0.3)
+    assert listener.ids() == sent[:2]  # paused: two outstanding
+    await _ack(messaging, bob, got[0])  # one slot opens
+    await listener.wait_for(3)
+    await asyncio.sleep(0.2)
+    assert listener.ids() == sent[:3]
+    await _ack(messaging, bob, listener.messages[2])  # cumulative: frees every slot
+    assert [m.message.message_id for m in await listener.wait_for(5)] == sent
+    out_of_range = messaging.stub.Subscribe(
+        M.SubscribeRequest(max_unacknowledged=10_001), metadata=bob.md
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in out_of_range:
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

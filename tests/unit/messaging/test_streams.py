@@ -70,3 +70,11 @@ def test_size_classes_match_the_metrics_contract() -> None:
         "1001+",
         "1001+",
     ]
+
+
+def test_acked_announcements_round_trip_and_skip_garbage() -> None:
+    """Cursor announcements parse back; malformed parts are ignored, not fatal."""
+    group = str(uuid.uuid4())
+    data = streams.format_acked({"direct": 4, group: 17})
+    assert streams.parse_acked(data) == [("direct", 4), (group, 17)]
+    assert streams.parse_acked(b"x;=3;direct=-1;direct=2;\xff=1") == [("direct", 2)]

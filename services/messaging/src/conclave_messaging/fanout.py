@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,6 +121,20 @@ class DeviceStream:
     nonce: str = field(default_factory=lambda: uuid.uuid4().hex)
     doorbell: Doorbell | None = None
     ring_pending: bool = False
+    # Flow control (SubscribeRequest.max_unacknowledged): sequences sent and not yet
+    # acknowledged, per conversation; the stream pauses while `unacked` reaches `limit`.
+    limit: int = DEFAULT_MAX_UNACKED
+    outstanding: dict[str, deque[int]] = field(default_factory=dict)
+    unacked: int = 0
+    window: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def acked(self, conversation: str, seq: int) -> None:
+        """Acknowledgement up to ``seq`` (cumulative) arrived: reopen the window."""
+        pending = self.outstanding.get(conversation)
+        while pending and pending[0] <= seq:
+            pending.popleft()
+            self.unacked -= 1
+        self.window.set()
 
     def ring(self) -> None:
         """New 1:1 copies are in the mailbox: read them (coalesced while one is pending)."""
@@ -133,13 +148,14 @@ class DeviceStream:
             self.closing = error
             self.close_reason = reason
             self.queue.put_nowait(_WAKE)
+            self.window.set()
 
 
 class _Subscribing:
     """A NATS subscription being set up in the background; ``ready()`` awaits it."""
 
     _task: asyncio.Task[None]
-    _sub: Subscription | None
+    _subs: list[Subscription]
 
     async def ready(self) -> None:
         """Returns once the subscription is live (messages stored later reach it).
@@ -156,9 +172,9 @@ class _Subscribing:
         """Unsubscribes (after the start finished)."""
         with contextlib.suppress(Exception):
             await self._task
-        if self._sub is not None:
+        for sub in self._subs:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
 
 
 class Doorbell(_Subscribing):
@@ -172,13 +188,20 @@ class Doorbell(_Subscribing):
     """
 
     def __init__(self, nats: NatsClient, ds: DeviceStream) -> None:
-        self._sub = None
+        self._subs = []
 
         async def ring(msg: Msg) -> None:
             ds.ring()
 
+        async def acked(msg: Msg) -> None:
+            # AckMessages may be served by any replica; it announces the new cursors here.
+            for conversation, seq in streams.parse_acked(msg.data):
+                ds.acked(conversation, seq)
+
         async def start() -> None:
-            self._sub = await nats.subscribe(streams.ring_subject(ds.who.device_id), cb=ring)
+            device = ds.who.device_id
+            self._subs.append(await nats.subscribe(streams.ring_subject(device), cb=ring))
+            self._subs.append(await nats.subscribe(streams.acked_subject(device), cb=acked))
 
         self._task = asyncio.create_task(start(), name="doorbell-start")
 
@@ -193,17 +216,18 @@ class Feed(_Subscribing):
         self.conversation = conversation
         self.listeners: dict[DeviceStream, int] = {}
         self._queued = queued  # shared per-stream counter of items waiting in device queues
-        self._sub: Subscription | None = None
+        self._subs = []
         self._task = asyncio.create_task(self._start(js), name=f"feed-start-{conversation}")
         LOCAL_FEEDS.inc()
 
     async def _start(self, js: JetStreamContext) -> None:
-        self._sub = await js.subscribe(
+        sub = await js.subscribe(
             self.subject,
             cb=self._on_msg,
             ordered_consumer=True,
             config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW),
         )
+        self._subs.append(sub)
 
     async def _on_msg(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
@@ -229,7 +253,7 @@ class Feed(_Subscribing):
     @property
     def pending(self) -> int:
         """Messages received from NATS and not yet fanned out."""
-        return 0 if self._sub is None else self._sub.pending_msgs
+        return sum(sub.pending_msgs for sub in self._subs)
 
     async def stop(self) -> None:
         """Unsubscribes (after the start finished)."""
@@ -458,6 +482,8 @@ class Hub:
     def _response(self, ds: DeviceStream, push: Push) -> M.SubscribeResponse:
         conversation, seq = push.conversation, push.seq
         ds.sent[conversation] = seq
+        ds.outstanding.setdefault(conversation, deque()).append(seq)
+        ds.unacked += 1
         response = M.SubscribeResponse()
         response.CopyFrom(push.item)
         if response.HasField("message"):
@@ -483,6 +509,9 @@ class Hub:
             stored = M.SubscribeResponse.FromString(data)
             if stored.message.sender.device_id == ds.who.device_id:
                 continue
+            await _window(ds)
+            if ds.closing is not None:
+                return
             if live:
                 _observe_latency(stored, "1")
             yield self._response(ds, Push(conversation, seq, stored))
@@ -497,7 +526,7 @@ class Hub:
             Unauthenticated: The session was revoked (after a ``session_closed`` item).
             Aborted: A newer stream of the same device took over.
         """
-        ds = DeviceStream(who)
+        ds = DeviceStream(who, limit=max_unacknowledged or DEFAULT_MAX_UNACKED)
         self._register(ds)
         try:
             async with self._pool.acquire() as conn:
@@ -534,6 +563,9 @@ class Hub:
                         or item.seq <= ds.sent.get(conversation, 0)
                     ):
                         continue
+                    await _window(ds)
+                    if ds.closing is not None:
+                        break
                     response = self._response(ds, item)
                     _observe_latency(item.item, item.size_class)
                     yield response
@@ -560,6 +592,13 @@ class Hub:
             raise ds.closing
         finally:
             self._unregister(ds)
+
+
+async def _window(ds: DeviceStream) -> None:
+    """Waits while the device has ``limit`` items unacknowledged (or until it closes)."""
+    while ds.unacked >= ds.limit and ds.closing is None:
+        ds.window.clear()
+        await ds.window.wait()
 
 
 def _observe_latency(stored: M.SubscribeResponse, size: str) -> None:

@@ -670,6 +670,13 @@ class MessagingManager:
                 now=self._clock(),
             )
         fresh = {(c, s) for c, s in parsed if s > before.get(c, 0)}
+        # The device's open stream (on whichever replica) reopens its flow-control window.
+        try:
+            await self._nats.publish(
+                streams.acked_subject(who.device_id), streams.format_acked(positions)
+            )
+        except Exception as err:  # the cursor moved; the window reopens on reconnect
+            _log.warning("ack_announcement_failed", error_type=type(err).__name__)
         # Delivered 1:1 copies are only ever needed by this device: drop acknowledged ones
         # now instead of at the stream's max_age (ciphertext held no longer than needed).
         if streams.DIRECT in positions and positions[streams.DIRECT] > before.get(

@@ -28,6 +28,7 @@ DIRECT_STREAM = "MSG_DIRECT"
 GROUP_PREFIX = "conclave.msg.group."
 DEVICE_PREFIX = "conclave.msg.device."
 RING_PREFIX = "conclave.msg.ring."
+ACKED_PREFIX = "conclave.msg.acked."
 DIRECT = "direct"
 MAX_TOKEN = 256
 # Header on group-log messages: the group's size class at send (metrics label only).
@@ -42,6 +43,33 @@ def group_subject(group_id: str) -> str:
 def ring_subject(device_id: str) -> str:
     """Core-NATS subject rung after a copy for ``device_id`` is stored (not a stream)."""
     return RING_PREFIX + device_id
+
+
+def acked_subject(device_id: str) -> str:
+    """Core-NATS subject announcing a device's new cursors (payload: :func:`format_acked`)."""
+    return ACKED_PREFIX + device_id
+
+
+def format_acked(positions: dict[str, int]) -> bytes:
+    """``conversation=seq`` pairs separated by ``;``."""
+    return ";".join(f"{c}={s}" for c, s in positions.items()).encode()
+
+
+def parse_acked(data: bytes) -> list[tuple[str, int]]:
+    """The pairs of :func:`format_acked`; malformed parts are skipped."""
+    pairs = []
+    for part in data.decode(errors="replace").split(";"):
+        conversation, _, seq = part.partition("=")
+        if seq.isdigit() and (conversation == DIRECT or _is_uuid(conversation)):
+            pairs.append((conversation, int(seq)))
+    return pairs
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
 
 
 def device_subject(device_id: str) -> str:
