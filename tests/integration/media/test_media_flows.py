@@ -597,3 +597,26 @@ async def test_status_completes_an_upload_whose_check_never_ran(media: MediaHarn
             outcomes.append(trailers(err)["conclave-error-reason"])
             await _assert_gone(media, created.media_id, 3)
     assert outcomes == [True, "DIGEST_MISMATCH"]
+
+
+async def test_upload_resumes_on_another_replica(start_media: StartMedia) -> None:
+    """Half an upload through one replica, the rest through another (a load balancer
+    switching after a reconnect): the blob completes and serves from either."""
+    first, second = await start_media(MediaConfig()), await start_media(MediaConfig())
+    alice = User()
+    data = ciphertext(5 * 64 * KIB + 99)
+    created = await first.create(alice, data, chunk_size=64 * KIB)
+    await first.stub.UploadChunks(
+        requests(created.media_id, data, 64 * KIB, stop=3 * 64 * KIB), metadata=first.auth(alice)
+    )
+    status = await second.stub.GetUploadStatus(
+        M.GetUploadStatusRequest(media_id=created.media_id), metadata=second.auth(alice)
+    )
+    assert status.next_offset == 3 * 64 * KIB
+    reply = await second.stub.UploadChunks(
+        requests(created.media_id, data, 64 * KIB, start=status.next_offset),
+        metadata=second.auth(alice),
+    )
+    assert reply.complete
+    assert await first.download(User(), created.media_id) == data
+    assert await second.download(User(), created.media_id) == data
