@@ -162,3 +162,65 @@ async def test_shutdown_drains_in_flight_calls(
     assert time.monotonic() - started < float(service_env["CONCLAVE_SHUTDOWN_GRACE_SECONDS"])
     assert rt.resources._pool is not None and rt.resources._pool.is_closing()
     assert rt.resources._nats is not None and rt.resources._nats.is_closed
+
+
+async def test_client_cancelling_a_stream_is_cancelled_not_internal(
+    service_env: dict[str, str], signer: TokenSigner
+) -> None:
+    """A client that walks away from a server stream is recorded as CANCELLED, not a crash."""
+    from conclave.messaging.v1 import messaging_pb2, messaging_pb2_grpc  # noqa: PLC0415
+
+    messaging = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"]
+
+    class Streams:
+        async def Subscribe(self, request: Any, context: Any) -> Any:
+            while True:
+                yield messaging_pb2.SubscribeResponse()
+                await asyncio.sleep(0.01)
+
+    logs = io.StringIO()
+    configure_logging("streamtest", "info", stream=logs)
+    env = {
+        **service_env,
+        "CONCLAVE_STREAMTEST_GRPC_PORT": "0",
+        "CONCLAVE_STREAMTEST_METRICS_PORT": "0",
+    }
+    config = ServiceConfig.from_env(
+        "streamtest", default_grpc_port=0, default_metrics_port=0, environ=env
+    )
+    spec = ServiceSpec(
+        name="streamtest",
+        grpc_services=(messaging.full_name,),
+        migrations_package="tests.integration.kit.fixture_migrations_a",
+        register=lambda server, res: add_service(server, messaging, Streams(), "test"),
+        default_grpc_port=0,
+        default_metrics_port=0,
+    )
+    rt = ServiceRuntime(spec, config)
+    await rt.start()
+    token = signer.mint(account_id="a", device_id="d", session_id="s")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{rt.grpc_port}") as channel:
+            call = messaging_pb2_grpc.MessagingServiceStub(channel).Subscribe(
+                messaging_pb2.SubscribeRequest(), metadata=(("authorization", f"Bearer {token}"),)
+            )
+            await call.read()
+            await call.read()
+            call.cancel()
+        for _ in range(100):
+            cancelled = REGISTRY.get_sample_value(
+                "grpc_server_handled_total",
+                {
+                    "grpc_service": messaging.full_name,
+                    "grpc_method": "Subscribe",
+                    "grpc_type": "server_stream",
+                    "grpc_code": "CANCELLED",
+                },
+            )
+            if cancelled:
+                break
+            await asyncio.sleep(0.02)
+        assert cancelled == 1.0
+        assert "rpc_failed" not in logs.getvalue()
+    finally:
+        await rt.stop()

@@ -168,7 +168,9 @@ class _Call:
                 # The handler aborted with its own status; the code is on the context.
                 self._record(self._context.code() or grpc.StatusCode.UNKNOWN)
                 return False
-            if isinstance(exc, asyncio.CancelledError):
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                # The client went away (or the server is stopping) while a stream waited:
+                # gRPC closes the handler's generator. Not a failure of ours.
                 self._record(grpc.StatusCode.CANCELLED)
                 return False
             if isinstance(exc, ConclaveError):
