@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 
 import grpc
@@ -69,6 +70,13 @@ async def test_group_message_reaches_100_members_exactly_once(messaging: Messagi
     assert grown["deliveries"] == 300  # 99 members + the sender's other device, 3 times
     assert grown["push_count"] == 300
     assert _sample("conclave_messaging_connected_devices") >= 101
+    # No account, device or group id in any messaging metric label.
+    ids = {sender.account_id, sender.device_id, group.group_id}
+    for metric in REGISTRY.collect():
+        if metric.name.startswith("conclave_messaging"):
+            for sample in metric.samples:
+                assert not ids & set(sample.labels.values()), sample
+                assert not any(len(v) >= 32 for v in sample.labels.values()), sample
 
 
 def _sample(name: str, labels: dict[str, str] | None = None) -> float:
@@ -153,6 +161,11 @@ async def test_direct_envelope_reaches_every_addressed_device(messaging: Messagi
     assert b2.message.ciphertext == b"for-b2"
     await asyncio.sleep(0.2)
     assert len(l_bob1.messages) == 1  # the retry stored nothing
+    logs = messaging.logs.getvalue()
+    assert "rpc_done" in logs  # the log is captured ...
+    for planted in (b"for-b1", b"for-b2", b"for-a2"):  # ... and holds no ciphertext
+        assert planted.decode() not in logs
+        assert base64.b64encode(planted).decode() not in logs
 
 
 async def test_sealed_sender_deliveries_carry_no_sender(messaging: MessagingHarness) -> None:
