@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import uuid
 
 import grpc
 import pytest
 from conclave.auth.v1 import auth_pb2 as A
+from conclave.common.v1 import account_data_pb2 as D
+from conclave.common.v1.account_data_pb2_grpc import AccountDataServiceStub
 from conclave.common.v1.types_pb2 import PageRequest
+from conclave_kit.tokens import TokenSigner
 
 from tests.integration.auth.conftest import PASSWORD, AuthHarness, bearer, unique
 from tests.support import trailers
@@ -263,3 +267,58 @@ async def test_logs_never_contain_secrets(auth: AuthHarness) -> None:
         assert secret not in text
     for line in text.splitlines():
         json.loads(line)
+
+
+async def test_export_holds_the_account_but_no_secrets(auth: AuthHarness) -> None:
+    """ExportAccountData streams JSON with account, devices, sessions and audit log, and no
+    password, TOTP secret, code or token."""
+    name = unique("vera")
+    reg = await auth.register(name)
+    tokens = (await auth.login(name)).tokens
+    chunks = [
+        c.json_chunk
+        async for c in AccountDataServiceStub(auth.channel).ExportAccountData(
+            D.ExportAccountDataRequest(), metadata=bearer(tokens)
+        )
+    ]
+    document = json.loads(b"".join(chunks))
+    assert document["account"]["username"] == name
+    assert [d["device_id"] for d in document["devices"]] == [tokens.device_id]
+    assert any(e["kind"] == "AUDIT_EVENT_KIND_LOGIN_SUCCEEDED" for e in document["audit_log"])
+    text = b"".join(chunks).decode()
+    for secret in (PASSWORD, reg.totp_secret, tokens.refresh_token, *reg.recovery_codes):
+        assert secret not in text
+
+
+async def test_purge_ends_timed_out_sessions_and_drops_dead_data(auth: AuthHarness) -> None:
+    """An operator purge ends idle sessions, deletes them once their tokens expired, and
+    frees never-confirmed registrations."""
+    idle = await auth.user(unique("walt"))
+    unconfirmed = unique("xena")
+    await auth.register(unconfirmed)
+    auth.clock.advance(25 * 3600)  # past the enterprise idle timeout and the 24 h enrollment
+    signer = TokenSigner(auth.config.signing_key_id, auth.config.signing_key)
+    account, device, session = (str(uuid.uuid4()) for _ in range(3))
+    now = int(auth.clock().timestamp())
+    operator = signer.mint(
+        account_id=account, device_id=device, session_id=session, roles=("operator",), now=now
+    )
+    user = signer.mint(account_id=account, device_id=device, session_id=session, now=now)
+    stub = AccountDataServiceStub(auth.channel)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.PurgeExpired(D.PurgeExpiredRequest(), metadata=bearer(user))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    reply = await stub.PurgeExpired(D.PurgeExpiredRequest(), metadata=bearer(operator))
+    counts = {c.kind: c.items for c in reply.counts}
+    assert counts[D.PURGE_KIND_SESSIONS] >= 1
+    assert counts[D.PURGE_KIND_UNCONFIRMED_ACCOUNTS] >= 1
+    pool = auth.runtime.resources.pool
+    assert (
+        await pool.fetchval(
+            "SELECT count(*) FROM sessions WHERE session_id = $1", uuid.UUID(idle.session_id)
+        )
+        == 0
+    )
+    assert (
+        await pool.fetchval("SELECT count(*) FROM accounts WHERE username = $1", unconfirmed) == 0
+    )

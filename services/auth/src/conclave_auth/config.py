@@ -52,6 +52,7 @@ class AuthConfig:
         argon2_max_concurrent: Hashes computed at once (memory = this x argon2_memory_kib).
         source_logins_per_minute: Login/confirm attempts per client address (burst = 1 min).
         source_registrations_per_hour: Registrations per client address (burst = 1 h).
+        audit_ttl_seconds: Deployment default lifetime of audit-log entries.
     """
 
     service: ServiceConfig
@@ -69,6 +70,7 @@ class AuthConfig:
     argon2_max_concurrent: int = 4
     source_logins_per_minute: int = 30
     source_registrations_per_hour: int = 10
+    audit_ttl_seconds: float = 365 * 24 * 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AuthConfig:
@@ -139,5 +141,8 @@ class AuthConfig:
             ),
             source_registrations_per_hour=env.integer(
                 "CONCLAVE_AUTH_SOURCE_REGISTRATIONS_PER_HOUR", 10, minimum=1
+            ),
+            audit_ttl_seconds=env.seconds(
+                "CONCLAVE_AUTH_AUDIT_TTL_SECONDS", 365 * 24 * 3600.0, minimum=3600
             ),
         )

@@ -1035,6 +1035,47 @@ class AuthManager:
         return events, next_token
 
     @property
+    def pool(self) -> asyncpg.Pool:
+        """The auth schema's pool (for export and purge)."""
+        return self._pool
+
+    def now(self) -> datetime:
+        """The manager's clock."""
+        return self._clock()
+
+    async def expire_and_delete_sessions(self, now: datetime) -> int:
+        """Ends timed-out sessions, then deletes ended ones whose tokens have all expired.
+
+        Sessions past their idle timeout or absolute lifetime are ended first (publishing
+        their revocations), so a purge never silently drops a session someone could use.
+
+        Returns:
+            Sessions deleted.
+        """
+        idle = timedelta(seconds=self._cfg.idle_timeout_seconds)
+        async with self._pool.acquire() as conn, conn.transaction():
+            stale = await conn.fetch(
+                "SELECT session_id, (absolute_expires_at <= $1) AS absolute FROM sessions "
+                "WHERE ended_at IS NULL AND (absolute_expires_at <= $1 OR last_used_at < $2) "
+                "FOR UPDATE SKIP LOCKED",
+                now,
+                now - idle,
+            )
+            for row in stale:
+                reason = (
+                    A.SESSION_END_REASON_ABSOLUTE_LIFETIME
+                    if row["absolute"]
+                    else A.SESSION_END_REASON_IDLE_TIMEOUT
+                )
+                await self._end(conn, str(row["session_id"]), reason, now)
+            result = await conn.execute(
+                "DELETE FROM sessions WHERE ended_at IS NOT NULL AND access_expires_at < $1",
+                now - timedelta(minutes=1),
+            )
+        self._relay.wake()
+        return int(result.rsplit(" ", 1)[-1])
+
+    @property
     def fresh_auth_seconds(self) -> float:
         """How long a step-up keeps a token fresh."""
         return self._cfg.service.fresh_auth_seconds

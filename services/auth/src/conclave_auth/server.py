@@ -6,8 +6,10 @@ import grpc
 from conclave.auth.v1 import auth_pb2
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.pending import add_service
+from conclave_kit.runtime import ACCOUNT_DATA_SERVICE as ACCOUNT_DATA
 from conclave_kit.runtime import Resources, ServiceSpec
 
+from conclave_auth.account_data import AuthAccountDataServicer
 from conclave_auth.config import AuthConfig
 from conclave_auth.manager import AuthManager, Clock
 from conclave_auth.service import PENDING, AuthServiceServicer
@@ -19,16 +21,18 @@ GRPC_SERVICE = DESCRIPTOR.full_name
 def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
     """The auth service for the kit's runtime (``clock`` is injectable for tests)."""
     servicer = AuthServiceServicer()
+    account_data = AuthAccountDataServicer(config.audit_ttl_seconds)
 
     def register(server: grpc.aio.Server, resources: Resources) -> None:
         add_service(server, DESCRIPTOR, servicer, PENDING)
+        add_service(server, ACCOUNT_DATA, account_data, "nothing pending")
 
     async def connect(resources: Resources) -> None:
         relay = OutboxRelay(resources.pool, resources.js)
         relay.start()
         resources.on_shutdown(relay.stop)
         extra = {} if clock is None else {"clock": clock}
-        servicer.manager = AuthManager(
+        servicer.manager = account_data.manager = AuthManager(
             config, resources.pool, relay, resources.revocations, **extra
         )
 
@@ -40,4 +44,5 @@ def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
         default_grpc_port=50051,
         default_metrics_port=9101,
         extra_setup=(connect,),
+        serves_account_data=True,
     )

@@ -1,0 +1,165 @@
+"""Auth's half of ``conclave.common.v1.AccountDataService``: export and purge.
+
+Export returns, as JSON, everything auth holds about the caller's account except secrets
+(password hash, TOTP secret, code and token hashes): for those only the fact and the date.
+Purge deletes what has outlived its purpose; it is safe on several replicas at once (plain
+``DELETE ... WHERE`` statements) and idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from conclave.auth.v1 import auth_pb2 as A
+from conclave.common.v1 import account_data_pb2 as D
+from conclave_kit.auth import current_claims
+from conclave_kit.errors import Unavailable
+from conclave_kit.ratelimit import RateLimiter
+
+from conclave_auth import store
+from conclave_auth.manager import AuthManager
+
+EXPORT_CHUNK_BYTES = 64 * 1024
+ALL_KINDS = (
+    D.PURGE_KIND_SESSIONS,
+    D.PURGE_KIND_UNCONFIRMED_ACCOUNTS,
+    D.PURGE_KIND_AUDIT_EVENTS,
+    D.PURGE_KIND_BOOKKEEPING,
+)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any]:
+    """The auth section of a GDPR export for ``account_id``."""
+    pool = manager.pool
+    key = uuid.UUID(account_id)
+    async with pool.acquire() as conn:
+        account = await store.account_by_id(conn, account_id)
+        assert account is not None
+        devices = await conn.fetch("SELECT * FROM devices WHERE account_id = $1", key)
+        sessions = await conn.fetch(
+            "SELECT * FROM sessions WHERE account_id = $1 ORDER BY created_at", key
+        )
+        audit = await conn.fetch(
+            "SELECT * FROM audit_events WHERE account_id = $1 ORDER BY occurred_at", key
+        )
+        remaining = await store.recovery_codes_remaining(conn, account_id)
+    return {
+        "account": {
+            "account_id": account_id,
+            "username": account["username"],
+            "created_at": _iso(account["created_at"]),
+            "password": {"set": True, "changed_at": _iso(account["password_changed_at"])},
+            "totp": {"enrolled": True, "confirmed_at": _iso(account["totp_confirmed_at"])},
+            "recovery_codes_remaining": remaining,
+            "device_approval_required": account["device_approval_required"],
+        },
+        "devices": [
+            {
+                "device_id": str(d["device_id"]),
+                "name": d["name"],
+                "platform": A.Platform.Name(d["platform"]),
+                "approval_state": A.DeviceApprovalState.Name(d["approval_state"]),
+                "created_at": _iso(d["created_at"]),
+                "last_seen_at": _iso(d["last_seen_at"]),
+            }
+            for d in devices
+        ],
+        "sessions": [
+            {
+                "session_id": str(s["session_id"]),
+                "device_id": str(s["device_id"]),
+                "created_at": _iso(s["created_at"]),
+                "last_used_at": _iso(s["last_used_at"]),
+                "absolute_expires_at": _iso(s["absolute_expires_at"]),
+                "ended_at": _iso(s["ended_at"]),
+                "end_reason": None
+                if s["end_reason"] is None
+                else A.SessionEndReason.Name(s["end_reason"]),
+            }
+            for s in sessions
+        ],
+        "audit_log": [
+            {
+                "event_id": str(e["event_id"]),
+                "kind": A.AuditEventKind.Name(e["kind"]),
+                "occurred_at": _iso(e["occurred_at"]),
+                "session_id": None if e["session_id"] is None else str(e["session_id"]),
+                "device_id": None if e["device_id"] is None else str(e["device_id"]),
+                "device_name": e["device_name"],
+                "detail": e["detail"],
+            }
+            for e in audit
+        ],
+    }
+
+
+async def purge(
+    manager: AuthManager, kinds: list[int], now: datetime, audit_ttl_seconds: float
+) -> dict[int, int]:
+    """Deletes expired auth data of the given kinds; returns items deleted per kind."""
+    wanted = set(kinds) or set(ALL_KINDS)
+    counts: dict[int, int] = {}
+    pool = manager.pool
+    if D.PURGE_KIND_SESSIONS in wanted:
+        counts[D.PURGE_KIND_SESSIONS] = await manager.expire_and_delete_sessions(now)
+    if D.PURGE_KIND_UNCONFIRMED_ACCOUNTS in wanted:
+        result = await pool.execute(
+            "DELETE FROM accounts WHERE totp_confirmed_at IS NULL AND enrollment_expires_at < $1",
+            now,
+        )
+        counts[D.PURGE_KIND_UNCONFIRMED_ACCOUNTS] = int(result.rsplit(" ", 1)[-1])
+    if D.PURGE_KIND_AUDIT_EVENTS in wanted:
+        result = await pool.execute(
+            "DELETE FROM audit_events WHERE occurred_at < $1",
+            now - timedelta(seconds=audit_ttl_seconds),
+        )
+        counts[D.PURGE_KIND_AUDIT_EVENTS] = int(result.rsplit(" ", 1)[-1])
+    if D.PURGE_KIND_BOOKKEEPING in wanted:
+        # A bucket idle for an hour is full again for every auth limit: it carries nothing.
+        counts[D.PURGE_KIND_BOOKKEEPING] = await RateLimiter(pool).purge_idle(3600)
+    return counts
+
+
+class AuthAccountDataServicer:
+    """Serves AccountDataService for the auth schema."""
+
+    def __init__(self, audit_ttl_seconds: float) -> None:
+        self.manager: AuthManager | None = None
+        self._audit_ttl = audit_ttl_seconds
+
+    @property
+    def _m(self) -> AuthManager:
+        if self.manager is None:
+            raise Unavailable("auth is starting")
+        return self.manager
+
+    async def ExportAccountData(
+        self, request: D.ExportAccountDataRequest, context: Any
+    ) -> AsyncIterator[D.ExportAccountDataResponse]:
+        """See account_data.proto."""
+        claims = current_claims()
+        await self._m.require_live_session(claims)
+        document = json.dumps(await export_account(self._m, claims.account_id)).encode()
+        for start in range(0, len(document), EXPORT_CHUNK_BYTES):
+            yield D.ExportAccountDataResponse(
+                json_chunk=document[start : start + EXPORT_CHUNK_BYTES]
+            )
+
+    async def PurgeExpired(
+        self, request: D.PurgeExpiredRequest, context: Any
+    ) -> D.PurgeExpiredResponse:
+        """See account_data.proto (operator only, enforced by the auth mode)."""
+        counts = await purge(
+            self._m, [int(k) for k in request.kinds], self._m.now(), self._audit_ttl
+        )
+        return D.PurgeExpiredResponse(
+            counts=[D.PurgeCount(kind=k, items=n) for k, n in sorted(counts.items())]  # type: ignore[arg-type]
+        )
