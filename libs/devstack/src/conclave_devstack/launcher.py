@@ -58,6 +58,7 @@ SERVICES = (
     ServiceDef("retention", "conclave_retention", 50055, 9105),
 )
 TOKEN_KEY_ID = "dev-1"  # noqa: S105 - a key *id*, not a secret
+SENDER_CERT_KEY_FILE = "sender-certificate-ed25519.pem"  # auth: sealed-sender certificates
 KT_KEY_FILE = "kt-tree-signing-ed25519.pem"  # keys service: transparency-log head signing key
 
 
@@ -137,6 +138,7 @@ class Stack:
             self.postgres.start()
             database_url = self.postgres.url
         key = load_or_create_signing_key(self.data_dir / "secrets")
+        load_or_create_signing_key(self.data_dir / "secrets", SENDER_CERT_KEY_FILE)
         kt_key = load_or_create_signing_key(self.data_dir / "secrets", KT_KEY_FILE)
         # Clients pin this key (CONCLAVE_KT_LOG_KEY) before trusting tree heads; printing it
         # here is the dev stand-in for publishing it out of band.
@@ -167,6 +169,9 @@ class Stack:
                         self.data_dir / "secrets" / "token-signing-ed25519.pem"
                     ),
                     "CONCLAVE_TOKEN_SIGNING_KEY_ID": TOKEN_KEY_ID,
+                    "CONCLAVE_AUTH_SENDER_CERT_KEY_FILE": str(
+                        self.data_dir / "secrets" / SENDER_CERT_KEY_FILE
+                    ),
                     "CONCLAVE_KEYS_TREE_SIGNING_KEY_FILE": str(
                         self.data_dir / "secrets" / KT_KEY_FILE
                     ),

@@ -53,6 +53,8 @@ class AuthConfig:
         source_logins_per_minute: Login/confirm attempts per client address (burst = 1 min).
         source_registrations_per_hour: Registrations per client address (burst = 1 h).
         audit_ttl_seconds: Deployment default lifetime of audit-log entries.
+        sender_cert_key: Ed25519 key signing sealed-sender certificates (None: not offered).
+        sender_cert_key_id: Its u32 id, written into each certificate.
     """
 
     service: ServiceConfig
@@ -71,6 +73,8 @@ class AuthConfig:
     source_logins_per_minute: int = 30
     source_registrations_per_hour: int = 10
     audit_ttl_seconds: float = 365 * 24 * 3600.0
+    sender_cert_key: Ed25519PrivateKey | None = field(default=None, repr=False)
+    sender_cert_key_id: int = 1
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AuthConfig:
@@ -85,19 +89,18 @@ class AuthConfig:
         )
         key_id = env.text("CONCLAVE_TOKEN_SIGNING_KEY_ID")
         key_file = env.text("CONCLAVE_TOKEN_SIGNING_KEY_FILE")
-        try:
-            key = serialization.load_pem_private_key(Path(key_file).read_bytes(), password=None)
-        except (OSError, ValueError) as err:
-            raise ConfigError(
-                f"CONCLAVE_TOKEN_SIGNING_KEY_FILE: cannot read an Ed25519 PEM key ({err})"
-            ) from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError("CONCLAVE_TOKEN_SIGNING_KEY_FILE: not an Ed25519 private key")
+        key = _load_ed25519(key_file, "CONCLAVE_TOKEN_SIGNING_KEY_FILE")
         if key_id not in service.token_verify_keys:
             raise ConfigError(
                 "CONCLAVE_TOKEN_VERIFY_KEYS: must include the signing key id "
                 f"{key_id!r} so other services accept its tokens"
             )
+        cert_file = env.optional_text("CONCLAVE_AUTH_SENDER_CERT_KEY_FILE")
+        cert_key = (
+            None
+            if cert_file is None
+            else _load_ed25519(cert_file, "CONCLAVE_AUTH_SENDER_CERT_KEY_FILE")
+        )
         profile = env.choice("CONCLAVE_AUTH_SESSION_PROFILE", "standard", tuple(PROFILES))
         idle_default, absolute_default = PROFILES[profile]
         idle = env.seconds("CONCLAVE_AUTH_IDLE_TIMEOUT_SECONDS", idle_default, minimum=60)
@@ -142,7 +145,21 @@ class AuthConfig:
             source_registrations_per_hour=env.integer(
                 "CONCLAVE_AUTH_SOURCE_REGISTRATIONS_PER_HOUR", 10, minimum=1
             ),
+            sender_cert_key=cert_key,
+            sender_cert_key_id=env.integer(
+                "CONCLAVE_AUTH_SENDER_CERT_KEY_ID", 1, minimum=1, maximum=2**32 - 1
+            ),
             audit_ttl_seconds=env.seconds(
                 "CONCLAVE_AUTH_AUDIT_TTL_SECONDS", 365 * 24 * 3600.0, minimum=3600
             ),
         )
+
+
+def _load_ed25519(path: str, variable: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{variable}: cannot read an Ed25519 PEM key ({err})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{variable}: not an Ed25519 private key")
+    return key

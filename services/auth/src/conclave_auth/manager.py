@@ -19,7 +19,7 @@ import binascii
 import json
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -38,14 +38,17 @@ from conclave_kit.errors import (
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.ratelimit import Limit, RateLimiter
 from conclave_kit.revocations import RevocationList
-from conclave_kit.tokens import Claims, TokenSigner
+from conclave_kit.tokens import Claims, TokenSigner, public_key_bytes
 from prometheus_client import Counter
 
 from conclave_auth import credentials as cred
 from conclave_auth import store
 from conclave_auth.config import AuthConfig
+from conclave_auth.sender_certificates import LIFETIME_SECONDS, issue_certificate
 
 Clock = Callable[[], datetime]
+# (account id, device id) -> (signing key, agreement key) of its published identity, or None.
+IdentityLookup = Callable[[str, str], Awaitable[tuple[bytes, bytes] | None]]
 TOTP_FAILURES = Counter(
     "conclave_auth_totp_failures_total", "Wrong or replayed TOTP codes (all accounts)."
 )
@@ -1081,8 +1084,8 @@ class AuthManager:
         return self._cfg.service.fresh_auth_seconds
 
     def verification_keys(self) -> list[A.VerificationKey]:
-        """Public keys every service uses to verify access tokens."""
-        return [
+        """Public keys for access tokens and, if configured, sender certificates."""
+        keys = [
             A.VerificationKey(
                 key_id=kid,
                 public_key=raw,
@@ -1091,6 +1094,52 @@ class AuthManager:
             )
             for kid, raw in sorted(self._cfg.service.token_verify_keys.items())
         ]
+        if self._cfg.sender_cert_key is not None:
+            keys.append(
+                A.VerificationKey(
+                    key_id=str(self._cfg.sender_cert_key_id),
+                    public_key=public_key_bytes(self._cfg.sender_cert_key),
+                    purpose=A.KEY_PURPOSE_SENDER_CERTIFICATE,
+                    active=True,
+                )
+            )
+        return keys
+
+    async def sender_certificate(
+        self, claims: Claims, lookup: IdentityLookup
+    ) -> tuple[bytes, datetime, str]:
+        """Issues a sealed-sender certificate for the caller's device.
+
+        The identity key comes from the key directory, never from the client, so a
+        certificate can only vouch for the key the directory (and its transparency log)
+        publishes for this device.
+
+        Raises:
+            FailedPrecondition: Not offered here, or the device has no published identity.
+            PermissionDenied: The device awaits approval.
+        """
+        if self._cfg.sender_cert_key is None:
+            raise FailedPrecondition(
+                "this deployment does not issue sender certificates",
+                reason="SENDER_CERTIFICATES_DISABLED",
+            )
+        await self._require_approved(claims)
+        identity = await lookup(claims.account_id, claims.device_id)
+        if identity is None:
+            raise FailedPrecondition(
+                "publish this device's identity key first", reason="NO_IDENTITY_KEY"
+            )
+        expires = self._clock() + timedelta(seconds=LIFETIME_SECONDS)
+        certificate = issue_certificate(
+            self._cfg.sender_cert_key,
+            self._cfg.sender_cert_key_id,
+            claims.account_id,
+            claims.device_id,
+            identity[0],
+            identity[1],
+            int(expires.timestamp() * 1000),
+        )
+        return certificate, expires, str(self._cfg.sender_cert_key_id)
 
 
 def _encode_page_token(occurred_at: datetime, event_id: str, account_id: str) -> str:

@@ -32,6 +32,7 @@ def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
         relay.start()
         resources.on_shutdown(relay.stop)
         extra = {} if clock is None else {"clock": clock}
+        servicer.nats = resources.nats
         servicer.manager = account_data.manager = AuthManager(
             config, resources.pool, relay, resources.revocations, **extra
         )

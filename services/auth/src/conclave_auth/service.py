@@ -9,17 +9,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import nats.errors
 from conclave.auth.v1 import auth_pb2 as A
+from conclave.keys.v1 import keys_pb2
 from conclave_kit.auth import current_claims
 from conclave_kit.errors import Unavailable
 from google.protobuf.duration_pb2 import Duration
+from nats.aio.client import Client as NatsClient
 
 from conclave_auth.manager import AuthManager, DeviceRequest, IssuedSession
 
-PENDING = (
-    "sealed-sender certificates (issue #3 follow-up: auth needs the device's identity key "
-    "from the keys service)"
-)
+PENDING = "nothing: every AuthService RPC is built"
+IDENTITY_SUBJECT = "conclave.internal.keys.identity"
 
 
 def _source(context: Any) -> str:
@@ -63,6 +64,34 @@ class AuthServiceServicer:
 
     def __init__(self) -> None:
         self.manager: AuthManager | None = None
+        self.nats: NatsClient | None = None
+
+    async def _identity(self, account_id: str, device_id: str) -> tuple[bytes, bytes] | None:
+        """Asks the key directory (NATS request/reply) for a device's identity key."""
+        if self.nats is None:
+            raise Unavailable("auth is starting")
+        request = keys_pb2.LookupIdentityKeysRequest(account_id=account_id, device_id=device_id)
+        try:
+            msg = await self.nats.request(IDENTITY_SUBJECT, request.SerializeToString(), timeout=2)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise Unavailable("the key directory did not answer; retry shortly") from None
+        reply = keys_pb2.LookupIdentityKeysResponse.FromString(msg.data)
+        for device in reply.devices:
+            if device.device_id == device_id:
+                key = device.identity_key
+                return bytes(key.signing_public_key), bytes(key.agreement_public_key)
+        return None
+
+    async def IssueSenderCertificate(
+        self, request: A.IssueSenderCertificateRequest, context: Any
+    ) -> A.IssueSenderCertificateResponse:
+        """See auth.proto."""
+        certificate, expires, key_id = await self._m.sender_certificate(
+            current_claims(), self._identity
+        )
+        response = A.IssueSenderCertificateResponse(certificate=certificate, key_id=key_id)
+        response.expire_time.FromDatetime(expires)
+        return response
 
     @property
     def _m(self) -> AuthManager:

@@ -8,6 +8,7 @@ from conclave_kit.runtime import Resources, ServiceSpec
 
 from conclave_keys.config import KeysConfig
 from conclave_keys.events import EventBus
+from conclave_keys.internal import serve_identity_requests
 from conclave_keys.manager import KeyManager
 from conclave_keys.service import KeyServiceServicer
 
@@ -48,5 +49,10 @@ def build_spec(config: KeysConfig) -> ServiceSpec:
         register=register,
         default_grpc_port=50052,
         default_metrics_port=9102,
-        extra_setup=(record_log_key, consume_device_removals, consume_account_erasures),
+        extra_setup=(
+            record_log_key,
+            consume_device_removals,
+            consume_account_erasures,
+            serve_identity_requests,
+        ),
     )
