@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -19,28 +18,15 @@ from conclave.auth.v1 import auth_pb2_grpc
 from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
 from conclave_auth.config import AuthConfig
 from conclave_auth.server import build_spec
-from conclave_kit.config import ServiceConfig
 from conclave_kit.logs import configure_logging
 from conclave_kit.pending import add_service
 from conclave_kit.runtime import ServiceRuntime, ServiceSpec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from tests.support import MovableClock, start_service
+
 PASSWORD = "correct horse battery staple 42"
-
-
-class MovableClock:
-    """Real time plus an offset that tests advance instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        """Moves the clock forward."""
-        self.offset += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -131,10 +117,9 @@ async def auth(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Aut
     configure_logging("auth", "info", stream=logs)
     config = AuthConfig.from_env(env)
     clock = MovableClock()
-    runtime = ServiceRuntime(
-        build_spec(config, clock=clock), config.service, clock=lambda: clock().timestamp()
+    runtime = await start_service(
+        build_spec(config, clock=clock), env, config=config.service, clock=clock.unix
     )
-    await runtime.start()
     # Rate-limit buckets live in the shared test database; start each test with full ones.
     await runtime.resources.pool.execute("TRUNCATE rate_limit_buckets")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
@@ -150,28 +135,16 @@ class _PrekeyCounts:
         return keys_pb2.GetPrekeyCountsResponse()
 
 
-def other_service_runtime(
-    name: str, env: dict[str, str], clock: MovableClock | None = None
-) -> ServiceRuntime:
-    """A second service process-alike (KeyService.GetPrekeyCounts) on the kit runtime."""
+def other_service_spec(name: str) -> ServiceSpec:
+    """A second service (KeyService.GetPrekeyCounts only) on the kit runtime."""
     keys = keys_pb2.DESCRIPTOR.services_by_name["KeyService"]
-    env = {
-        **env,
-        f"CONCLAVE_{name.upper()}_GRPC_PORT": "0",
-        f"CONCLAVE_{name.upper()}_METRICS_PORT": "0",
-    }
-    config = ServiceConfig.from_env(name, default_grpc_port=0, default_metrics_port=0, environ=env)
-    return ServiceRuntime(
-        ServiceSpec(
-            name=name,
-            grpc_services=(keys.full_name,),
-            migrations_package="tests.integration.kit.fixture_migrations_a",
-            register=lambda server, res: add_service(server, keys, _PrekeyCounts(), "test"),
-            default_grpc_port=0,
-            default_metrics_port=0,
-        ),
-        config,
-        clock=time.time if clock is None else (lambda: clock().timestamp()),
+    return ServiceSpec(
+        name=name,
+        grpc_services=(keys.full_name,),
+        migrations_package="tests.integration.kit.fixture_migrations_a",
+        register=lambda server, res: add_service(server, keys, _PrekeyCounts(), "test"),
+        default_grpc_port=0,
+        default_metrics_port=0,
     )
 
 
@@ -184,10 +157,11 @@ async def other_service(
         f"{kid}:" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
         for kid, raw in auth.config.service.token_verify_keys.items()
     )
-    runtime = other_service_runtime(
-        "other", {**service_env, "CONCLAVE_TOKEN_VERIFY_KEYS": verify}, auth.clock
+    runtime = await start_service(
+        other_service_spec("other"),
+        {**service_env, "CONCLAVE_TOKEN_VERIFY_KEYS": verify},
+        clock=auth.clock.unix,
     )
-    await runtime.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
     yield keys_pb2_grpc.KeyServiceStub(channel)
     await channel.close(None)

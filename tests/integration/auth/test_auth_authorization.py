@@ -13,8 +13,8 @@ from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
 from conclave_kit.tokens import TokenSigner
 from google.protobuf import message_factory
 
-from tests.integration.auth.conftest import AuthHarness, bearer, other_service_runtime, unique
-from tests.support import trailers
+from tests.integration.auth.conftest import AuthHarness, bearer, other_service_spec, unique
+from tests.support import start_service, trailers
 
 pytestmark = pytest.mark.integration
 AUTH = A.DESCRIPTOR.services_by_name["AuthService"]
@@ -199,8 +199,7 @@ async def test_services_fetch_token_keys_from_auth(
     """A service configured with CONCLAVE_TOKEN_KEYS_FROM trusts auth's published keys."""
     env = {k: v for k, v in service_env.items() if k != "CONCLAVE_TOKEN_VERIFY_KEYS"}
     env["CONCLAVE_TOKEN_KEYS_FROM"] = f"127.0.0.1:{auth.runtime.grpc_port}"
-    other = other_service_runtime("fetcher", env)
-    await other.start()
+    other = await start_service(other_service_spec("fetcher"), env)
     try:
         assert other.verifier.key_ids == {auth.config.signing_key_id}
         tokens = await auth.user(unique("tess"))

@@ -18,7 +18,6 @@ import pytest
 from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
 from conclave_keys.config import KeysConfig
 from conclave_keys.server import build_spec
-from conclave_kit.config import ServiceConfig
 from conclave_kit.ratelimit import Limit
 from conclave_kit.runtime import ServiceRuntime
 from conclave_kit.tokens import TokenSigner
@@ -26,6 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import mlkem
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from tests.support import start_service
 
 RAW = serialization.Encoding.Raw
 RAW_PUBLIC = serialization.PublicFormat.Raw
@@ -160,12 +161,7 @@ async def start_keys(service_env: dict[str, str], signer: TokenSigner) -> AsyncI
     running: list[KeysHarness] = []
 
     async def start(config: KeysConfig) -> KeysHarness:
-        env = {**service_env, "CONCLAVE_KEYS_GRPC_PORT": "0", "CONCLAVE_KEYS_METRICS_PORT": "0"}
-        common = ServiceConfig.from_env(
-            "keys", default_grpc_port=0, default_metrics_port=0, environ=env
-        )
-        runtime = ServiceRuntime(build_spec(config), common)
-        await runtime.start()
+        runtime = await start_service(build_spec(config), service_env)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
         harness = KeysHarness(runtime, signer, channel, config)
         running.append(harness)

@@ -12,13 +12,11 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from conclave.media.v1 import media_pb2 as M
 from conclave.media.v1 import media_pb2_grpc
-from conclave_kit.config import ServiceConfig
 from conclave_kit.runtime import ServiceRuntime
 from conclave_kit.tokens import TokenSigner
 from conclave_media.config import MediaConfig
@@ -27,23 +25,11 @@ from conclave_media.server import build_spec
 from conclave_media.service import MediaServiceServicer
 from conclave_media.storage import JetStreamObjectStorage
 
+from tests.support import MovableClock, start_service
+
 MIB = 1024 * 1024
 # Generous enough for the 20 MiB round trip at 1 MiB chunks over a local socket.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 4 * MIB)]
-
-
-class MovableClock:
-    """Real time plus an offset that tests advance instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta()
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-    def advance(self, seconds: float) -> None:
-        """Moves the clock forward."""
-        self.offset += timedelta(seconds=seconds)
 
 
 @dataclass
@@ -157,15 +143,11 @@ async def start_media(
     running: list[MediaHarness] = []
 
     async def start(config: MediaConfig) -> MediaHarness:
-        env = {**service_env, "CONCLAVE_MEDIA_GRPC_PORT": "0", "CONCLAVE_MEDIA_METRICS_PORT": "0"}
-        common = ServiceConfig.from_env(
-            "media", default_grpc_port=0, default_metrics_port=0, environ=env
-        )
         clock = MovableClock()
         servicer = MediaServiceServicer()
-        spec = build_spec(config, clock=clock, servicer=servicer)
-        runtime = ServiceRuntime(spec, common)
-        await runtime.start()
+        runtime = await start_service(
+            build_spec(config, clock=clock, servicer=servicer), service_env
+        )
         channel = grpc.aio.insecure_channel(
             f"127.0.0.1:{runtime.grpc_port}", options=CHANNEL_OPTIONS
         )
