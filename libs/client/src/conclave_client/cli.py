@@ -46,6 +46,7 @@ from conclave_client.keys_client import (
     status_json,
     verified_json,
 )
+from conclave_client.messenger import Client, Message
 from conclave_client.status import check_all
 from conclave_client.transparency import TransparencyError
 
@@ -81,6 +82,18 @@ def make_keys_client(args: argparse.Namespace, auth: AuthClient) -> KeysClient:
         A client bound to ``$CONCLAVE_HOME``.
     """
     return KeysClient(Endpoints.resolve(args.host)["keys"], auth)
+
+
+def make_messenger(args: argparse.Namespace) -> Client:
+    """The messaging client for this invocation (tests replace this function).
+
+    Args:
+        args: Parsed arguments (``--host``).
+
+    Returns:
+        A client bound to ``$CONCLAVE_HOME`` (session and device keys).
+    """
+    return Client(endpoints=Endpoints.resolve(args.host))
 
 
 def _print_json(value: Any) -> None:
@@ -538,7 +551,167 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_cmd_status)
     _add_auth_commands(sub, common)
     _add_keys_commands(sub, common)
+    _add_messaging_commands(sub, common)
     return parser
+
+
+def _add_messaging_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Messaging: send, listen, group create|add|remove|members|list."""
+    send = sub.add_parser(
+        "send",
+        parents=[common],
+        help="send an end-to-end-encrypted message to USER or #GROUP",
+        description="Encrypt TEXT for every device of USER (and your other devices), or "
+        "once with your sender key for #GROUP (a group created or joined on this device).",
+    )
+    send.add_argument("target", metavar="USER|#GROUP")
+    send.add_argument("text", metavar="TEXT")
+    send.set_defaults(handler=_cmd_send)
+
+    listen = sub.add_parser(
+        "listen",
+        parents=[common],
+        help="print messages as they arrive (waiting ones first)",
+        description="Decrypt and print this device's messages: first those waiting, then "
+        "live ones. Each is acknowledged once printed, so it is not printed again.",
+    )
+    listen.add_argument("--count", type=_positive_int, metavar="N", help="exit after N messages")
+    listen.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="exit after S seconds (exit 1 if --count messages did not arrive by then)",
+    )
+    listen.set_defaults(handler=_cmd_listen)
+
+    group = sub.add_parser("group", parents=[common], help="create groups, manage members")
+    group_sub = group.add_subparsers(dest="group_command", metavar="ACTION", required=True)
+    create = group_sub.add_parser(
+        "create", parents=[common], help="create a group (you are its admin)"
+    )
+    create.add_argument("name", metavar="NAME")
+    create.add_argument("users", metavar="USER", nargs="*", help="initial members")
+    create.set_defaults(handler=_cmd_group_create)
+    for action, text in (("add", "add members (admins)"), ("remove", "remove members (admins)")):
+        cmd = group_sub.add_parser(action, parents=[common], help=text)
+        cmd.add_argument("name", metavar="NAME")
+        cmd.add_argument("users", metavar="USER", nargs="+")
+        cmd.set_defaults(handler=_cmd_group_change, group_action=action)
+    members = group_sub.add_parser("members", parents=[common], help="list a group's members")
+    members.add_argument("name", metavar="NAME")
+    members.set_defaults(handler=_cmd_group_members)
+    listing = group_sub.add_parser("list", parents=[common], help="groups known on this device")
+    listing.set_defaults(handler=_cmd_group_list)
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    target: str = args.target
+    with make_messenger(args) as client:
+        if target.startswith("#"):
+            sent = client.send_group(target, args.text)
+        else:
+            sent = client.send_direct(target, args.text)
+    if args.json:
+        _print_json(
+            {
+                "id": sent.id,
+                "to": target,
+                "server_time": _iso(sent.server_time),
+                "duplicate": sent.duplicate,
+                "devices": sent.devices,
+            }
+        )
+    else:
+        print(f"Sent {sent.id} to {target}.")
+    return EXIT_OK
+
+
+def _print_message(message: Message, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(message.to_json()), flush=True)
+        return
+    when = message.server_time.strftime("%H:%M:%S") if message.server_time else "--:--:--"
+    if message.group_id:
+        where = f"{message.conversation} {message.sender}"
+    elif message.outgoing:
+        where = f"{message.sender} -> {message.conversation}"
+    else:
+        where = message.sender
+    print(f"{when} {where}: {message.text}", flush=True)
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    shown = 0
+    with make_messenger(args) as client:
+        reported = 0
+        for message in client.listen(count=args.count, timeout=args.timeout):
+            _print_message(message, args.json)
+            shown += 1
+            for message_id, reason in client.failures[reported:]:
+                print(f"conclave: warning: message {message_id} {reason}", file=sys.stderr)
+            reported = len(client.failures)
+        for message_id, reason in client.failures[reported:]:
+            print(f"conclave: warning: message {message_id} {reason}", file=sys.stderr)
+    if args.count is not None and shown < args.count:
+        raise CliError(f"{shown} of {args.count} messages arrived within {args.timeout:g} s")
+    return EXIT_OK
+
+
+def _cmd_group_create(args: argparse.Namespace) -> int:
+    with make_messenger(args) as client:
+        group_id = client.create_group(args.name, args.users)
+    name = args.name.removeprefix("#")
+    if args.json:
+        _print_json({"name": name, "group_id": group_id, "members": args.users})
+    else:
+        print(f"Created group #{name} ({group_id}).")
+    return EXIT_OK
+
+
+def _cmd_group_change(args: argparse.Namespace) -> int:
+    with make_messenger(args) as client:
+        if args.group_action == "add":
+            changed, unchanged = client.add_members(args.name, args.users)
+        else:
+            changed, unchanged = client.remove_members(args.name, args.users)
+    verb = "added" if args.group_action == "add" else "removed"
+    if args.json:
+        other = "already_members" if args.group_action == "add" else "not_members"
+        _print_json({verb: changed, other: unchanged})
+        return EXIT_OK
+    if changed:
+        print(f"{verb.capitalize()}: {', '.join(changed)}.")
+    if unchanged:
+        state = "already members" if args.group_action == "add" else "not members"
+        print(f"Unchanged ({state}): {', '.join(unchanged)}.")
+    return EXIT_OK
+
+
+def _cmd_group_members(args: argparse.Namespace) -> int:
+    with make_messenger(args) as client:
+        members = client.members(args.name)
+    if args.json:
+        _print_json(
+            [{"account_id": m.account_id, "username": m.username, "role": m.role} for m in members]
+        )
+        return EXIT_OK
+    for m in members:
+        role = " (admin)" if m.role == "admin" else ""
+        print(f"{m.username or m.account_id}{role}")
+    return EXIT_OK
+
+
+def _cmd_group_list(args: argparse.Namespace) -> int:
+    with make_messenger(args) as client:
+        groups = client.groups()
+    if args.json:
+        _print_json([{"name": n, "group_id": g} for n, g in groups])
+        return EXIT_OK
+    for name, group_id in groups:
+        print(f"#{name}  {group_id}")
+    return EXIT_OK
 
 
 def _add_keys_commands(
@@ -667,6 +840,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = handler(args)
     except (CliError, ClientError, CredentialsError, LogKeyError) as err:
         print(f"conclave: error: {err}", file=sys.stderr)
+        code = EXIT_ERROR
+    except CryptoError as err:
+        detail = f": {err}" if str(err) else ""
+        print(
+            f"conclave: error: end-to-end encryption failed ({err.__class__.__name__}{detail})",
+            file=sys.stderr,
+        )
         code = EXIT_ERROR
     except KeyboardInterrupt:
         code = 130
