@@ -442,3 +442,49 @@ async def test_stream_pauses_at_max_unacknowledged(messaging: MessagingHarness) 
         async for _ in out_of_range:
             pass
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_removed_device_loses_mailbox_and_cursors(messaging: MessagingHarness) -> None:
+    """conclave.events.device.removed deletes the device's undelivered copies and cursors."""
+    alice, bob = messaging.device(), messaging.device()
+    group = await messaging.group(alice, bob)
+    await messaging.stub.SendDirectMessage(
+        M.SendDirectMessageRequest(
+            message_id=str(uuid.uuid4()),
+            recipient_account_id=bob.account_id,
+            ciphertexts=[_ct(bob, b"never-read")],
+        ),
+        metadata=alice.md,
+    )
+    listener = await messaging.subscribe(bob)
+    await _ack(messaging, bob, listener.items[0])  # a cursor row for the group
+    await listener.close()
+    resources = messaging.runtime.resources
+    async with asyncio.timeout(5):  # the closed stream has recorded how far it delivered
+        while not await resources.pool.fetchval(
+            "SELECT count(*) FROM cursors WHERE device_id = $1 AND delivered_seq > 0",
+            uuid.UUID(bob.device_id),
+        ):
+            await asyncio.sleep(0.02)
+    event = events_pb2.DeviceRemoved(
+        event_id=str(uuid.uuid4()),
+        device=types_pb2.DeviceAddress(account_id=bob.account_id, device_id=bob.device_id),
+        origin=types_pb2.SERVICE_NAME_AUTH,
+    )
+    await resources.js.publish(
+        "conclave.events.device.removed",
+        event.SerializeToString(),
+        headers={"Nats-Msg-Id": event.event_id},
+    )
+    mailbox = streams.device_subject(bob.device_id)
+    # The durable consumer may first work through older removals (shared test NATS).
+    async with asyncio.timeout(15):
+        while True:
+            left = [s async for s in streams.read_after(resources.js, "MSG_DIRECT", mailbox, 0)]
+            rows = await resources.pool.fetchval(
+                "SELECT count(*) FROM cursors WHERE device_id = $1", uuid.UUID(bob.device_id)
+            )
+            if not left and rows == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert group.member_count == 2  # membership is the account's, untouched

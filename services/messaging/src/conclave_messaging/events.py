@@ -15,6 +15,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from conclave_messaging.streams import group_subject
 
 GROUP_MEMBERSHIP = "conclave.events.group.membership"
+DEVICE_REMOVED = "conclave.events.device.removed"
+# One durable consumer shared by all messaging replicas (a deliver group): each removal is
+# handled once per deployment, and none is lost while the service is down.
+DEVICE_REMOVED_CONSUMER = "messaging-device-removed"
 
 
 def timestamp(moment: datetime) -> Timestamp:

@@ -389,6 +389,13 @@ class Hub:
         """Applies a membership change to this process's streams (idempotent, ordered)."""
         change = event.change
         gid = change.group_id
+        _, subject = streams.locate(gid, "")
+        touched = [*change.added_account_ids, *change.removed_account_ids]
+        if subject not in self._feeds and not any(a in self._by_account for a in touched):
+            # Nothing here listens to this group: remember nothing (versions are kept only
+            # for groups with local streams, so memory follows local use, not all groups).
+            self._versions.pop(gid, None)
+            return
         if change.membership_version and change.membership_version <= self._versions.get(gid, 0):
             return  # already applied (local change seen again on NATS) or stale
         self._versions[gid] = change.membership_version

@@ -644,6 +644,23 @@ class MessagingManager:
         accepted.server_time.FromDatetime(original or now)
         return M.SendGroupMessageResponse(accepted=accepted)
 
+    # ------------------------------------------------------------------ devices
+
+    async def drop_device(self, account_id: str, device_id: str) -> int:
+        """Forgets a removed device's cursors and deletes its mailbox (idempotent).
+
+        Driven by ``conclave.events.device.removed``; returns the cursor rows deleted. Its
+        live stream ends through the session revocation that accompanies a removal.
+        """
+        device = check_uuid(device_id, "device_id")
+        check_uuid(account_id, "account_id")
+        async with self._pool.acquire() as conn:
+            rows = await store.delete_device_cursors(conn, device)
+        # Raises on failure, so the event is redelivered: undeliverable ciphertext must not
+        # wait for max_age.
+        await self._js.purge_stream(streams.DIRECT_STREAM, subject=streams.device_subject(device))
+        return rows
+
     # ------------------------------------------------------------------ acks
 
     async def ack(self, who: Caller, tokens: Sequence[str]) -> int:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import grpc
+from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2
-from conclave_kit.nats_bus import ensure_stream
+from conclave_kit.nats_bus import EVENTS_STREAM, ensure_stream
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
+from nats.aio.msg import Msg
+from nats.js import api
 
-from conclave_messaging import streams
+from conclave_messaging import events, streams
 from conclave_messaging.config import MessagingConfig
 from conclave_messaging.fanout import Hub
-from conclave_messaging.manager import Clock, MessagingManager
+from conclave_messaging.manager import Clock, MessagingManager, check_uuid
 from conclave_messaging.service import PENDING, MessagingServiceServicer
 
 DESCRIPTOR = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"]
@@ -45,6 +48,28 @@ def build_spec(config: MessagingConfig, clock: Clock | None = None) -> ServiceSp
         manager.add_membership_listener(hub.on_membership)
         servicer.hub = hub
         servicer.manager = manager
+
+        async def on_device_removed(msg: Msg) -> None:
+            try:
+                event = events_pb2.DeviceRemoved.FromString(msg.data)
+                account, device = event.device.account_id, event.device.device_id
+                check_uuid(account, "account_id")
+                check_uuid(device, "device_id")
+            except Exception:  # malformed: retrying cannot help
+                await msg.term()
+                return
+            await manager.drop_device(account, device)  # raises: redelivered later
+            await msg.ack()
+
+        await resources.js.subscribe(
+            events.DEVICE_REMOVED,
+            queue=events.DEVICE_REMOVED_CONSUMER,
+            durable=events.DEVICE_REMOVED_CONSUMER,
+            cb=on_device_removed,
+            manual_ack=True,
+            stream=EVENTS_STREAM,
+            config=api.ConsumerConfig(ack_wait=30, max_deliver=20),
+        )
 
     return ServiceSpec(
         name="messaging",

@@ -280,6 +280,12 @@ async def advance_delivered(
     )
 
 
+async def delete_device_cursors(conn: Connection, device_id: str) -> int:
+    """Forgets a removed device's positions; returns how many rows went."""
+    status = await conn.execute("DELETE FROM cursors WHERE device_id = $1", device_id)
+    return int(status.split()[-1])
+
+
 async def join_seq(conn: Connection, group_id: str, account_id: str) -> int | None:
     """The member's join sequence, or None when it is not a member."""
     value = await conn.fetchval(
