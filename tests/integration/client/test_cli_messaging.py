@@ -123,6 +123,12 @@ def test_direct_and_group_messages_arrive_once_on_every_device(
         (bob.username, "member"),
     }
 
+    # bob did not add alice, yet sees her name (resolved by account id on the server).
+    assert {m["username"] for m in bob.json("group", "members", "team")} == {
+        alice.username,
+        bob.username,
+    }
+
     # Removal: alice rotates her sender key; bob gets nothing sent afterwards.
     assert alice.json("group", "remove", "team", bob.username)["removed"] == [bob.username]
     alice.json("send", "#team", "after removal")

@@ -600,6 +600,21 @@ class AuthClient:
         )
         return {a.username: a.account_id for a in reply.accounts}
 
+    def lookup_account_ids(self, account_ids: Sequence[str]) -> dict[str, str]:
+        """Resolves account ids to usernames (LookupAccounts).
+
+        Args:
+            account_ids: At most 100 account ids.
+
+        Returns:
+            Account id -> normalised username for the confirmed accounts found.
+        """
+        request = auth_pb2.LookupAccountsRequest(account_ids=list(account_ids))
+        reply = self._authorized(
+            lambda md: self._stub.LookupAccounts(request, metadata=md, timeout=self._timeout)
+        )
+        return {a.account_id: a.username for a in reply.accounts}
+
     def list_sessions(self) -> list[SessionInfo]:
         """Lists the account's live sessions (newest use first)."""
         request = auth_pb2.ListSessionsRequest()

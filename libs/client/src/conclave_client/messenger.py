@@ -30,8 +30,9 @@ library pads it): UTF-8 JSON, one object, version field ``v`` = 1::
     {"v": 1, "type": "sender_key", "from": USERNAME, "group_id": UUID,
      "group_name": NAME, "key": BASE64(SenderKeyDistribution)}                  # pairwise only
 
-``from`` is checked against the authenticated sender account (``LookupAccounts``) before it
-is shown; unknown types and versions are skipped (acknowledged, not shown). State changes of
+``from`` and ``to`` are informational: the names shown are those the server reports for the
+authenticated sender and peer account ids (``LookupAccounts``, cached in ``client.db``).
+Unknown types and versions are skipped (acknowledged, not shown). State changes of
 the device are saved before anything leaves it, under a lock shared by every process using
 the same ``$CONCLAVE_HOME`` (``device.lock``), so ``listen`` and ``send`` can run side by side.
 """
@@ -463,18 +464,29 @@ class Client:
             raise MessengerError("no account named " + ", ".join(missing))
         return result
 
-    def _display_name(self, account_id: str, claimed: str | None) -> str:
-        """Username for ``account_id``: cached, or ``claimed`` once the server confirms it."""
-        known = self._local.username(account_id)
-        if known is not None:
-            return known
-        if claimed:
-            with contextlib.suppress(ClientError):
-                found = self.auth.lookup_accounts([claimed])
-                if found.get(normalise_username(claimed)) == account_id:
-                    self._local.remember(account_id, normalise_username(claimed))
-                    return normalise_username(claimed)
-        return account_id
+    def _usernames(self, account_ids: Iterable[str]) -> dict[str, str]:
+        """Account id -> username (cached in client.db; the rest from LookupAccounts)."""
+        result: dict[str, str] = {}
+        unknown: list[str] = []
+        for account_id in dict.fromkeys(account_ids):
+            known = self._local.username(account_id)
+            if known is None:
+                unknown.append(account_id)
+            else:
+                result[account_id] = known
+        for i in range(0, len(unknown), 100):
+            found = self.auth.lookup_account_ids(unknown[i : i + 100])
+            for account_id, username in found.items():
+                self._local.remember(account_id, username)
+                result[account_id] = username
+        return result
+
+    def _display_name(self, account_id: str) -> str:
+        """Username of ``account_id`` as the server knows it, else the id itself."""
+        try:
+            return self._usernames([account_id]).get(account_id, account_id)
+        except ClientError:
+            return account_id
 
     def _published(self, account_id: str) -> dict[str, IdentityKey]:
         request = keys_pb2.LookupIdentityKeysRequest(account_id=account_id)
@@ -652,6 +664,9 @@ class Client:
     def _group_id(self, name: str) -> str:
         row = self._local.group_by_name(name.removeprefix("#"))
         if row is None:
+            # A group whose name never reached this device can be named by its id.
+            with contextlib.suppress(ValueError):
+                return str(uuid.UUID(name.removeprefix("#")))
             raise MessengerError(f"no group named {name} on this device")
         return row.group_id
 
@@ -734,10 +749,12 @@ class Client:
         """The group's members (usernames where this device knows them)."""
         group_id = self._group_id(name)
         roles: dict[int, str] = {int(M.MEMBER_ROLE_ADMIN): "admin"}
-        return [
-            MemberInfo(a, self._local.username(a), roles.get(r, "member"))
-            for a, r in self._member_ids(group_id)
-        ]
+        members = self._member_ids(group_id)
+        try:
+            names = self._usernames(a for a, _ in members)
+        except ClientError:
+            names = {}
+        return [MemberInfo(a, names.get(a), roles.get(r, "member")) for a, r in members]
 
     def groups(self) -> list[tuple[str, str]]:
         """(name, group id) of the groups this device knows by name."""
@@ -808,7 +825,7 @@ class Client:
             version = int(group.membership_version)
             distributed = 0
             for _ in range(3):
-                row = self._local.group(group_id) or _GroupRow(group_id, name.removeprefix("#"))
+                row = self._local.group(group_id) or _GroupRow(group_id, None)
                 if row.version != version or group_id not in dev.groups.own:
                     distributed += self._distribute(dev, row, version)
                 ciphertext = dev.groups.encrypt(group_id, frame)
@@ -929,7 +946,7 @@ class Client:
     def _message(
         self, d: M.MessageDelivery, sender: DeviceAddress, frame: dict[str, str], is_group: bool
     ) -> Message:
-        name = self._display_name(sender.user_id, frame.get("from"))
+        name = self._display_name(sender.user_id)
         outgoing = sender.user_id == self.account_id
         if is_group:
             group_id = d.conversation.group_id
@@ -938,8 +955,7 @@ class Client:
         else:
             group_id = ""
             peer = d.conversation.peer_account_id or sender.user_id
-            claimed = frame.get("to") if outgoing else frame.get("from")
-            conversation = self._display_name(peer, claimed)
+            conversation = self._display_name(peer)
         return Message(
             id=d.message_id,
             sender=name,
@@ -975,6 +991,7 @@ class Client:
             if remaining is not None and remaining <= 0:
                 return
             metadata = self.auth.authorized_metadata()
+            self._pending = []  # unacknowledged: a new stream delivers them again
             call = self._msg.Subscribe(M.SubscribeRequest(), metadata=metadata, timeout=remaining)
             unacked = ""
             try:
