@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import grpc
 from conclave.events.v1 import events_pb2
-from conclave.messaging.v1 import messaging_pb2
+from conclave.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from conclave_kit.nats_bus import EVENTS_STREAM, ensure_stream
 from conclave_kit.outbox import OutboxRelay
-from conclave_kit.pending import add_service
 from conclave_kit.runtime import Resources, ServiceSpec
 from nats.aio.msg import Msg
 from nats.js import api
@@ -16,7 +15,7 @@ from conclave_messaging import events, streams
 from conclave_messaging.config import MessagingConfig
 from conclave_messaging.fanout import Hub
 from conclave_messaging.manager import Clock, MessagingManager, check_uuid
-from conclave_messaging.service import PENDING, MessagingServiceServicer
+from conclave_messaging.service import MessagingServiceServicer
 
 DESCRIPTOR = messaging_pb2.DESCRIPTOR.services_by_name["MessagingService"]
 GRPC_SERVICE = DESCRIPTOR.full_name
@@ -27,7 +26,7 @@ def build_spec(config: MessagingConfig, clock: Clock | None = None) -> ServiceSp
     servicer = MessagingServiceServicer()
 
     def register(server: grpc.aio.Server, resources: Resources) -> None:
-        add_service(server, DESCRIPTOR, servicer, PENDING)
+        messaging_pb2_grpc.add_MessagingServiceServicer_to_server(servicer, server)
 
     async def connect(resources: Resources) -> None:
         for stream in streams.stream_configs(
