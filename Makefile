@@ -70,9 +70,14 @@ test: lint typecheck k8s-check ## Everything CI runs: lint, types, k8s manifests
 	$(BIN)/pytest -q
 
 .PHONY: bench
-bench: $(PROTO_STAMP) ## Benchmarks (JSON lines on stdout): crypto, auth. Not part of `test`.
+bench: $(PROTO_STAMP) bench-fanout ## All benchmarks (JSON lines on stdout): crypto, auth, media, fan-out. Not part of `test`.
 	$(BIN)/python -m conclave_crypto.bench
 	$(BIN)/python -m conclave_devstack.bench.auth
+	$(BIN)/python -m conclave_media.bench
+
+.PHONY: bench-fanout
+bench-fanout: $(PROTO_STAMP) ## Group fan-out (10/100/1,000 members) vs raw nats-py and one-copy-per-recipient.
+	$(BIN)/python -m conclave_messaging.bench
 
 .PHONY: run
 run: $(PROTO_STAMP) ## Run the whole stack (embedded NATS + PostgreSQL + five services).
