@@ -63,6 +63,13 @@ class Conversation:
     group_id: str | None
     accounts: tuple[str, ...]  # (low, high) for direct conversations; () for groups
 
+    def ref(self, account_id: str) -> types_pb2.ConversationRef:
+        """The canonical ConversationRef as ``account_id`` (a party) names it."""
+        if self.group_id is not None:
+            return types_pb2.ConversationRef(group_id=self.group_id)
+        low, high = self.accounts
+        return types_pb2.ConversationRef(peer_account_id=high if account_id == low else low)
+
 
 def conversation_of(account_id: str, ref: types_pb2.ConversationRef) -> Conversation:
     """The conversation ``ref`` names from ``account_id``'s point of view.
@@ -170,7 +177,11 @@ class RetentionManager:
                 now=now,
             )
             await events.policy_changed(
-                conn, now=now, account_id=account_id, conversation=ref, policy=to_proto(level)
+                conn,
+                now=now,
+                account_id=account_id,
+                conversation=conv.ref(account_id),
+                policy=to_proto(level),
             )
             account = await store.account_policy(conn, account_id)
         self._relay.wake()

@@ -27,6 +27,7 @@ import asyncpg
 from conclave.events.v1 import events_pb2
 from conclave_kit.logs import get_logger
 from conclave_kit.nats_bus import EVENTS_STREAM
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import FetchTimeoutError
 
@@ -85,6 +86,7 @@ class MembershipFollower:
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = False
+        self._busy = False  # applying a fetched batch (stop lets it finish)
 
     async def start(self) -> None:
         """Creates the durable consumer and starts following."""
@@ -95,7 +97,7 @@ class MembershipFollower:
             config=api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.ALL,
                 ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=30,
+                ack_wait=10,
                 max_deliver=-1,
             ),
         )
@@ -109,7 +111,9 @@ class MembershipFollower:
         """
         self._stopping = True
         if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=5)
+            done: set[asyncio.Task[None]] = set()
+            if self._busy:
+                done, _ = await asyncio.wait({self._task}, timeout=5)
             if not done:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -131,19 +135,26 @@ class MembershipFollower:
                 _log.warning("membership_fetch_failed", error_type=type(err).__name__)
                 await asyncio.sleep(1)
                 continue
-            for msg in messages:
-                try:
-                    event = events_pb2.GroupMembership.FromString(msg.data)
-                except Exception:
-                    _log.warning("membership_event_malformed")
-                    await msg.ack()
-                    continue
-                try:
-                    await apply_event(self._pool, event)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as err:  # Postgres hiccup: redelivered after ack_wait
-                    _log.warning("membership_apply_failed", error_type=type(err).__name__)
-                    await msg.nak(delay=1)
-                    continue
+            self._busy = True
+            try:
+                await self._apply_batch(messages)
+            finally:
+                self._busy = False
+
+    async def _apply_batch(self, messages: list[Msg]) -> None:
+        for msg in messages:
+            try:
+                event = events_pb2.GroupMembership.FromString(msg.data)
+            except Exception:
+                _log.warning("membership_event_malformed")
                 await msg.ack()
+                continue
+            try:
+                await apply_event(self._pool, event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # Postgres hiccup: redelivered after a second
+                _log.warning("membership_apply_failed", error_type=type(err).__name__)
+                await msg.nak(delay=1)
+                continue
+            await msg.ack()
