@@ -27,6 +27,8 @@ class MessagingConfig:
         dedup_window_seconds: How long a message id is remembered for idempotent retries
             (JetStream duplicate window of the message streams).
         message_ttl_seconds: How long an undelivered message is kept (stream ``max_age``).
+        check_devices: Match 1:1 envelopes against the key directory's published devices
+            (``device_mismatch`` outcome). Only tests of fan-out alone turn it off.
     """
 
     service: ServiceConfig
@@ -36,6 +38,7 @@ class MessagingConfig:
     max_group_ciphertext_bytes: int = 256 * KIB
     dedup_window_seconds: float = 24 * 3600.0
     message_ttl_seconds: float = 30 * 24 * 3600.0
+    check_devices: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MessagingConfig:
@@ -59,4 +62,5 @@ class MessagingConfig:
             message_ttl_seconds=env.seconds(
                 "CONCLAVE_MESSAGING_MESSAGE_TTL_SECONDS", 30 * 24 * 3600.0, minimum=3600
             ),
+            check_devices=env.flag("CONCLAVE_MESSAGING_CHECK_DEVICES", True),
         )

@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+import nats.errors
 from conclave.common.v1 import types_pb2
 from conclave.events.v1 import events_pb2
+from conclave.keys.v1 import keys_pb2
 from conclave.messaging.v1 import messaging_pb2 as M
 from conclave_kit.database import Connection
 from conclave_kit.errors import (
@@ -37,6 +39,7 @@ from conclave_kit.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
+    Unavailable,
 )
 from conclave_kit.logs import get_logger
 from conclave_kit.outbox import OutboxRelay
@@ -47,6 +50,9 @@ from nats.js import api
 from conclave_messaging import events, store, streams
 from conclave_messaging.config import MessagingConfig
 from conclave_messaging.metrics import FANOUT_RECIPIENTS, MESSAGES_SENT, size_class
+
+# Key directory request/reply (served by the keys service; see docs/api.md).
+IDENTITY_SUBJECT = "conclave.internal.keys.identity"
 
 Clock = Callable[[], datetime]
 _log = get_logger("conclave.messaging")
@@ -525,8 +531,9 @@ class MessagingManager:
     ) -> M.SendDirectMessageResponse:
         """Stores one copy per addressed device in its mailbox (pipelined publishes).
 
-        Device lists are checked for shape only (see the module docstring of service.py:
-        matching them against KeyService's published devices is not wired yet).
+        The envelope must address exactly the devices the key directory publishes for the
+        recipient and the sender's other devices, with their current registration ids;
+        otherwise nothing is stored and the answer is ``device_mismatch``.
         """
         message_id = check_uuid(request.message_id, "message_id")
         recipient = check_uuid(request.recipient_account_id, "recipient_account_id")
@@ -557,6 +564,10 @@ class MessagingManager:
                 )
             if dc.kind == M.CIPHERTEXT_KIND_UNSPECIFIED:
                 raise InvalidArgument("ciphertext kind is unspecified")
+        if self._cfg.check_devices:
+            mismatch = await self._device_mismatch(who, recipient, cts)
+            if mismatch is not None:
+                return M.SendDirectMessageResponse(device_mismatch=mismatch)
         now = self._clock()
         sealed = request.sealed_sender
         pending = []
@@ -599,6 +610,51 @@ class MessagingManager:
         accepted = M.Accepted(duplicate=duplicate)
         accepted.server_time.FromDatetime(original or now)
         return M.SendDirectMessageResponse(accepted=accepted)
+
+    async def _published_devices(self, account_id: str) -> dict[str, int]:
+        """Device id → registration id of an account's published devices (key directory)."""
+        request = keys_pb2.LookupIdentityKeysRequest(account_id=account_id)
+        try:
+            msg = await self._nats.request(IDENTITY_SUBJECT, request.SerializeToString(), timeout=2)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            raise Unavailable("the key directory did not answer; retry shortly") from None
+        reply = keys_pb2.LookupIdentityKeysResponse.FromString(msg.data)
+        return {d.device_id: d.registration_id for d in reply.devices}
+
+    async def _device_mismatch(
+        self, who: Caller, recipient: str, cts: list[M.DeviceCiphertext]
+    ) -> M.DeviceMismatch | None:
+        expected = {
+            (recipient, d): r for d, r in (await self._published_devices(recipient)).items()
+        }
+        if not expected:
+            raise FailedPrecondition("the recipient has no published device", reason="NO_DEVICES")
+        if recipient != who.account_id:
+            own = await self._published_devices(who.account_id)
+            expected.update({(who.account_id, d): r for d, r in own.items()})
+        expected.pop((who.account_id, who.device_id), None)
+        addressed = {
+            (str(uuid.UUID(dc.device.account_id)), str(uuid.UUID(dc.device.device_id))): dc
+            for dc in cts
+        }
+        missing = [k for k in expected if k not in addressed]
+        extra = [k for k in addressed if k not in expected]
+        stale = [
+            k
+            for k, dc in addressed.items()
+            if k in expected and dc.registration_id and dc.registration_id != expected[k]
+        ]
+        if not (missing or extra or stale):
+            return None
+
+        def addresses(keys: list[tuple[str, str]]) -> list[types_pb2.DeviceAddress]:
+            return [types_pb2.DeviceAddress(account_id=a, device_id=d) for a, d in sorted(keys)]
+
+        return M.DeviceMismatch(
+            missing_devices=addresses(missing),
+            extra_devices=addresses(extra),
+            stale_devices=addresses(stale),
+        )
 
     async def send_group(
         self, who: Caller, request: M.SendGroupMessageRequest
