@@ -22,7 +22,6 @@ import pytest
 from conclave_client.auth_client import AuthClient
 from conclave_client.credentials import CredentialStore
 from conclave_client.endpoints import Endpoints
-from conclave_client.keys_client import KeysClient
 from conclave_client.messenger import Client
 
 from tests.integration.stack.conftest import RunningStack
@@ -42,15 +41,12 @@ class Person:
 
 def device(stack: RunningStack, home: Path, person: Person, first: bool) -> Client:
     """Logs ``person`` in from ``home`` (TOTP first, a recovery code for more devices)."""
-    auth = AuthClient(stack.grpc["auth"], CredentialStore(home))
+    endpoints = Endpoints(dict(stack.grpc))
     if first:
-        login = auth.login(person.username, person.password, totp_code=person.totp.now())
+        code = {"totp_code": person.totp.now()}
     else:
-        code = person.recovery_codes.pop()
-        login = auth.login(person.username, person.password, recovery_code=code)
-    with KeysClient(stack.grpc["keys"], auth, home=home) as keys:
-        keys.ensure_device_keys(login.account_id, login.device_id)
-    return Client(home, endpoints=Endpoints(dict(stack.grpc)), auth=auth)
+        code = {"recovery_code": person.recovery_codes.pop()}
+    return Client.login(person.username, person.password, home=home, endpoints=endpoints, **code)
 
 
 def register(stack: RunningStack, home: Path, index: int) -> tuple[Person, Client]:
@@ -112,7 +108,6 @@ def test_hundred_member_group_every_plaintext_once_on_every_device(
     finally:
         for c in devices:
             c.close()
-            c.auth.close()
     elapsed = time.monotonic() - started
     print(
         f"100-member group: setup {setup:.1f} s, first sends {sent - started - setup:.1f} s, "

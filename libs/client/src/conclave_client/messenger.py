@@ -72,7 +72,7 @@ from conclave_client.auth_client import AuthClient, ClientError
 from conclave_client.credentials import CredentialStore, normalise_username
 from conclave_client.endpoints import Endpoints
 from conclave_client.home import conclave_home
-from conclave_client.keys_client import DEVICE_FILE, registration_id
+from conclave_client.keys_client import DEVICE_FILE, KeysClient, registration_id
 
 DEFAULT_TIMEOUT = 15.0
 FRAME_VERSION = 1
@@ -398,6 +398,48 @@ class Client:
         self._pending: list[_Pending] = []
         #: Deliveries that could not be decrypted or parsed: (message id, reason).
         self.failures: list[tuple[str, str]] = []
+
+    @classmethod
+    def login(
+        cls,
+        username: str,
+        password: str,
+        *,
+        totp_code: str | None = None,
+        recovery_code: str | None = None,
+        home: Path | None = None,
+        endpoints: Endpoints | None = None,
+        device_name: str | None = None,
+    ) -> Client:
+        """Logs in and returns a client for the new session.
+
+        Password plus a TOTP or recovery code, as ``conclave login``; then this device's
+        keys are published or topped up (:meth:`KeysClient.ensure_device_keys`).
+
+        Raises:
+            ClientError: Wrong credentials, rate limits, device awaiting approval, ...
+        """
+        home = home or conclave_home(create=True)
+        endpoints = endpoints or Endpoints.resolve()
+        auth = AuthClient(endpoints["auth"], CredentialStore(home))
+        try:
+            result = auth.login(
+                username,
+                password,
+                totp_code=totp_code,
+                recovery_code=recovery_code,
+                device_name=device_name,
+            )
+            if result.approval_pending:
+                raise MessengerError("this device waits for approval by one of your devices")
+            with KeysClient(endpoints["keys"], auth, home=home) as keys:
+                keys.ensure_device_keys(result.account_id, result.device_id)
+            client = cls(home, endpoints=endpoints, auth=auth)
+        except BaseException:
+            auth.close()
+            raise
+        client._own_auth = True
+        return client
 
     def close(self) -> None:
         """Closes channels and local files."""
