@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,20 @@ def test_direct_and_group_messages_arrive_once_on_every_device(
     assert texts(phone.listen(1)) == Counter({"after removal": 1})
     for device in (alice, bob, phone):
         device.nothing_left()
+
+    # Live: a listener already waiting prints the message as it arrives.
+    waiting = phone.start_listen("--count", "1", "--timeout", "40")
+    time.sleep(2)  # let it subscribe (the message would come from the backlog otherwise)
+    bob.json("send", alice.username, "live one")
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0, err
+    (live,) = [json.loads(line) for line in out.splitlines()]
+    assert (live["text"], live["from"], live["conversation"]) == (
+        "live one",
+        bob.username,
+        bob.username,
+    )
+    assert texts(alice.listen(1)) == Counter({"live one": 1})
 
     # Errors are one line.
     unknown = alice.run("send", "nobody_" + bob.username, "x")
