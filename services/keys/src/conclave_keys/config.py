@@ -53,11 +53,13 @@ def _limit(env: Env, name: str, default: Limit) -> Limit:
     return Limit(default.name, float(cap), rate)
 
 
-# Defaults: a person claims bundles for a few contacts at a time (120 burst, 2/s); a
+# Defaults: a person claims bundles for a group at a time (1,100 burst, 10/s); a
 # device's one-time keys cannot be drained faster than 300 an hour by everyone together
 # (the default cap is 1,000 stored); a device uploads now and then; lookups and log
 # reads are cheap but unauthenticated reads are counted per source address.
-_CLAIM = Limit("prekey bundle claims", 120.0, 2.0)
+# A device's first message to a group claims one bundle per member device, so the burst
+# covers a 1,000-member group; draining a victim is bounded by the per-target limit below.
+_CLAIM = Limit("prekey bundle claims", 1100.0, 10.0)
 _TARGET_CLAIM = Limit("claims for this device", 300.0, 300.0 / 3600)
 _UPLOAD = Limit("prekey uploads", 30.0, 30.0 / 3600)
 _LOOKUP = Limit("directory lookups", 600.0, 10.0)
