@@ -354,3 +354,26 @@ def run_service(
         print(f"{program}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_configured(
+    name: str,
+    default_grpc_port: int,
+    default_metrics_port: int,
+    build: Callable[[], ServiceSpec],
+) -> int:
+    """Console entry point for a service with settings of its own.
+
+    The common settings are checked first (so their messages never depend on the
+    service's own ones), then ``build`` reads the rest and returns the service. Either
+    failing is one line on stderr and exit code 2, as in :func:`run_service`.
+    """
+    try:
+        config = ServiceConfig.from_env(
+            name, default_grpc_port=default_grpc_port, default_metrics_port=default_metrics_port
+        )
+        spec = build()
+    except ConfigError as err:
+        print(f"conclave-{name}: configuration error: {err}", file=sys.stderr)
+        return 2
+    return run_service(spec, config=config)

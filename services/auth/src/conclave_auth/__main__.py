@@ -2,21 +2,18 @@
 
 import sys
 
-from conclave_kit.config import ConfigError
-from conclave_kit.runtime import run_service
+from conclave_kit.runtime import run_configured
 
 from conclave_auth.config import AuthConfig
 from conclave_auth.server import build_spec
 
 
 def main() -> None:
-    """Runs the auth service until SIGTERM/SIGINT; exits 0 after a clean shutdown."""
-    try:
-        config = AuthConfig.from_env()
-    except ConfigError as err:
-        print(f"conclave-auth: configuration error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run_service(build_spec(config), config=config.service))
+    """Runs the auth service until SIGTERM/SIGINT; exits 0 after a clean shutdown.
+
+    A bad setting exits 2 with one line on stderr (common settings are checked first).
+    """
+    sys.exit(run_configured("auth", 50051, 9101, lambda: build_spec(AuthConfig.from_env())))
 
 
 if __name__ == "__main__":

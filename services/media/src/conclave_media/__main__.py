@@ -2,8 +2,7 @@
 
 import sys
 
-from conclave_kit.config import ConfigError, ServiceConfig
-from conclave_kit.runtime import run_service
+from conclave_kit.runtime import run_configured
 
 from conclave_media.config import MediaConfig
 from conclave_media.server import build_spec
@@ -12,16 +11,9 @@ from conclave_media.server import build_spec
 def main() -> None:
     """Runs the media service until SIGTERM/SIGINT; exits 0 after a clean shutdown.
 
-    Exit code 2 with one line on stderr for a bad setting (common settings are checked
-    first, so their messages do not depend on the media-specific ones).
+    A bad setting exits 2 with one line on stderr (common settings are checked first).
     """
-    try:
-        ServiceConfig.from_env("media", default_grpc_port=50054, default_metrics_port=9104)
-        config = MediaConfig.from_env()
-    except ConfigError as err:
-        print(f"conclave-media: configuration error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run_service(build_spec(config)))
+    sys.exit(run_configured("media", 50054, 9104, lambda: build_spec(MediaConfig.from_env())))
 
 
 if __name__ == "__main__":

@@ -2,21 +2,20 @@
 
 import sys
 
-from conclave_kit.config import ConfigError
-from conclave_kit.runtime import run_service
+from conclave_kit.runtime import run_configured
 
 from conclave_messaging.config import MessagingConfig
 from conclave_messaging.server import build_spec
 
 
 def main() -> None:
-    """Runs the messaging service until SIGTERM/SIGINT; exits 0 after a clean shutdown."""
-    try:
-        config = MessagingConfig.from_env()
-    except ConfigError as err:
-        print(f"conclave-messaging: configuration error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run_service(build_spec(config), config=config.service))
+    """Runs the messaging service until SIGTERM/SIGINT; exits 0 after a clean shutdown.
+
+    A bad setting exits 2 with one line on stderr (common settings are checked first).
+    """
+    sys.exit(
+        run_configured("messaging", 50053, 9103, lambda: build_spec(MessagingConfig.from_env()))
+    )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,7 @@
 
 import sys
 
-from conclave_kit.config import ConfigError, ServiceConfig
-from conclave_kit.runtime import run_service
+from conclave_kit.runtime import run_configured
 
 from conclave_retention.config import RetentionConfig
 from conclave_retention.server import build_spec
@@ -12,15 +11,11 @@ from conclave_retention.server import build_spec
 def main() -> None:
     """Runs the retention service until SIGTERM/SIGINT; exits 0 after a clean shutdown.
 
-    Exit code 2 with one line on stderr for a bad setting (common settings first).
+    A bad setting exits 2 with one line on stderr (common settings are checked first).
     """
-    try:
-        ServiceConfig.from_env("retention", default_grpc_port=50055, default_metrics_port=9105)
-        config = RetentionConfig.from_env()
-    except ConfigError as err:
-        print(f"conclave-retention: configuration error: {err}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(run_service(build_spec(config)))
+    sys.exit(
+        run_configured("retention", 50055, 9105, lambda: build_spec(RetentionConfig.from_env()))
+    )
 
 
 if __name__ == "__main__":
