@@ -240,14 +240,8 @@ class AuthManager:
             issued = await self._open_session(
                 conn, account_id, None, name, device.platform, now, recovery=False
             )
-            await store.insert_audit(
-                conn,
-                account_id=account_id,
-                kind=A.AUDIT_EVENT_KIND_TOTP_ENROLLMENT_CONFIRMED,
-                now=now,
-                session_id=issued.session_id,
-                device_id=issued.device_id,
-                device_name=name,
+            await self._audit_session(
+                conn, issued, A.AUDIT_EVENT_KIND_TOTP_ENROLLMENT_CONFIRMED, now, name
             )
         self._relay.wake()
         return issued
@@ -320,14 +314,12 @@ class AuthManager:
                 recovery=recovery_code is not None,
             )
             new_device = wanted_device is None
-            await store.insert_audit(
+            await self._audit_session(
                 conn,
-                account_id=account_id,
-                kind=A.AUDIT_EVENT_KIND_LOGIN_SUCCEEDED,
-                now=now,
-                session_id=issued.session_id,
-                device_id=issued.device_id,
-                device_name=name,
+                issued,
+                A.AUDIT_EVENT_KIND_LOGIN_SUCCEEDED,
+                now,
+                name,
                 detail="recovery code" if recovery_code is not None else "TOTP",
             )
             if confirmed_now:
@@ -340,15 +332,7 @@ class AuthManager:
                     device_name=name,
                 )
             if new_device:
-                await store.insert_audit(
-                    conn,
-                    account_id=account_id,
-                    kind=A.AUDIT_EVENT_KIND_NEW_DEVICE,
-                    now=now,
-                    session_id=issued.session_id,
-                    device_id=issued.device_id,
-                    device_name=name,
-                )
+                await self._audit_session(conn, issued, A.AUDIT_EVENT_KIND_NEW_DEVICE, now, name)
         self._relay.wake()
         LOGINS.labels("ok").inc()
         return issued, new_device, confirmed_now, remaining
@@ -813,6 +797,27 @@ class AuthManager:
                 approved = await store.approve_device(conn, target)
         self._relay.wake()
         return None if approved is None else _device_message(approved)
+
+    @staticmethod
+    async def _audit_session(
+        conn: Connection,
+        issued: IssuedSession,
+        kind: int,
+        now: datetime,
+        device_name: str,
+        **extra: str,
+    ) -> None:
+        """Audits an event of a session just opened (login, enrollment, new device)."""
+        await store.insert_audit(
+            conn,
+            account_id=issued.account_id,
+            kind=kind,
+            now=now,
+            session_id=issued.session_id,
+            device_id=issued.device_id,
+            device_name=device_name,
+            **extra,
+        )
 
     @staticmethod
     async def _audit_caller(
