@@ -39,6 +39,7 @@ from conclave_kit.outbox import OutboxRelay
 from conclave_kit.ratelimit import Limit, RateLimiter
 from conclave_kit.revocations import RevocationList
 from conclave_kit.tokens import Claims, TokenSigner, public_key_bytes
+from conclave_kit.validation import parse_uuid
 from prometheus_client import Counter
 
 from conclave_auth import credentials as cred
@@ -121,13 +122,6 @@ def _check_claim_ids(claims: Claims) -> None:
             uuid.UUID(value)
     except ValueError:
         raise Unauthenticated("access token does not name a session") from None
-
-
-def _uuid(value: str, field: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument(f"{field} must be a UUID") from None
 
 
 class AuthManager:
@@ -270,7 +264,7 @@ class AuthManager:
         if totp_code is not None:
             cred.require_totp_format(totp_code)
         name = _check_device_name(device.name)
-        wanted_device = _uuid(device_id, "device_id") if device_id else None
+        wanted_device = parse_uuid(device_id, "device_id") if device_id else None
         await self._limits.take(self._source_logins, source)
         now = self._clock()
         try:
@@ -679,7 +673,7 @@ class AuthManager:
     async def revoke_session(self, claims: Claims, session_id: str, remove_device: bool) -> None:
         """Ends one of the caller's sessions."""
         await self.require_live_session(claims)
-        target = _uuid(session_id, "session_id")
+        target = parse_uuid(session_id, "session_id")
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             row = await store.session(conn, target)
@@ -716,7 +710,7 @@ class AuthManager:
         """Renames one of the caller's devices."""
         await self.require_live_session(claims)
         cleaned = _check_device_name(name)
-        target = _uuid(device_id, "device_id")
+        target = parse_uuid(device_id, "device_id")
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             row = await store.rename_device(conn, claims.account_id, target, cleaned)
@@ -763,7 +757,7 @@ class AuthManager:
     ) -> A.Device | None:
         """An approved device approves or rejects a pending one (rejected: removed)."""
         await self._require_approved(claims)
-        target = _uuid(device_id, "device_id")
+        target = parse_uuid(device_id, "device_id")
         now = self._clock()
         async with self._pool.acquire() as conn, conn.transaction():
             row = await store.device(conn, target)

@@ -44,6 +44,7 @@ from conclave_kit.errors import (
 from conclave_kit.logs import get_logger
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.tokens import Claims
+from conclave_kit.validation import parse_uuid
 from nats.aio.client import Client as NatsClient
 from nats.js import api
 
@@ -93,15 +94,8 @@ def caller(claims: Claims) -> Caller:
 
 
 def check_uuid(value: str, field: str) -> str:
-    """The canonical form of a UUID field.
-
-    Raises:
-        InvalidArgument: Not a UUID.
-    """
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument(f"{field} must be a UUID", reason="BAD_ID") from None
+    """The canonical form of a UUID field (reason ``BAD_ID`` when it is not one)."""
+    return parse_uuid(value, field, reason="BAD_ID")
 
 
 def _account_list(values: Sequence[str], field: str, *, allow_empty: bool) -> list[str]:

@@ -26,6 +26,7 @@ from conclave_kit.database import Connection
 from conclave_kit.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.tokens import Claims
+from conclave_kit.validation import parse_uuid
 
 from conclave_retention import events, store
 from conclave_retention.config import RetentionConfig
@@ -49,10 +50,8 @@ def caller_account(claims: Claims) -> str:
 
 
 def _check_uuid(value: str, field: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise InvalidArgument(f"{field} must be a UUID", reason="BAD_ID") from None
+    """The canonical form of a UUID field (reason ``BAD_ID`` when it is not one)."""
+    return parse_uuid(value, field, reason="BAD_ID")
 
 
 @dataclass(frozen=True)
