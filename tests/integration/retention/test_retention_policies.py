@@ -77,8 +77,8 @@ async def changed_events(retention: RetentionHarness) -> AsyncIterator[list[Msg]
 
 
 async def test_deployment_policy_has_defaults_and_bounds(retention: RetentionHarness) -> None:
-    """Defaults per the contract, the disappearing timer's 30 s … 4 weeks bounds, and the
-    purge-lag series exists at 0 for the alert."""
+    """Defaults per the contract and the disappearing timer's 30 s … 4 weeks bounds (the
+    purge-lag series are the kit's: tests/integration/kit/test_account_data.py)."""
     reply = await retention.stub.GetDeploymentPolicy(
         R.GetDeploymentPolicyRequest(), metadata=retention.auth(User())
     )
@@ -91,9 +91,6 @@ async def test_deployment_policy_has_defaults_and_bounds(retention: RetentionHar
     assert reply.maximum.disappearing_message_timer.seconds == 2_419_200
     for name in ("undelivered_message_ttl", "media_ttl", "audit_log_ttl"):
         assert reply.minimum.HasField(name) and reply.maximum.HasField(name)
-    for data in ("messages", "media", "audit_log"):
-        lag = REGISTRY.get_sample_value("conclave_retention_purge_lag_seconds", {"data": data})
-        assert lag == 0
 
 
 async def test_account_policy_resolves_per_field(

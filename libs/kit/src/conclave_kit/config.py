@@ -174,6 +174,9 @@ class ServiceConfig:
         token_keys_from: Auth service address to fetch (and keep refreshing) the current
             verification keys from, so a rotated signing key is picked up without restarts.
         ports_file: If set, the bound ports are written there as JSON (launcher, tests).
+        purge_interval_seconds: Seconds between scheduled retention purges of this
+            service's data (``conclave_kit.account_data``); 0 turns the schedule off
+            (on-demand ``RunPurge`` still works).
     """
 
     service: str
@@ -191,6 +194,7 @@ class ServiceConfig:
     token_verify_keys: dict[str, bytes] = field(repr=False)
     token_keys_from: str | None = None
     ports_file: str | None = None
+    purge_interval_seconds: float = 60.0
 
     @classmethod
     def from_env(
@@ -254,4 +258,5 @@ class ServiceConfig:
             token_verify_keys=keys,
             token_keys_from=keys_from,
             ports_file=env.optional_text(f"{prefix}_PORTS_FILE"),
+            purge_interval_seconds=env.seconds("CONCLAVE_PURGE_INTERVAL_SECONDS", 60.0),
         )

@@ -123,3 +123,16 @@ class RateLimiter:
             float(older_than_seconds),
         )
         return int(str(result).rsplit(" ", 1)[-1])
+
+    async def erase_key(self, key: str) -> int:
+        """Deletes every bucket keyed by ``key`` (an account or device id), whatever limit.
+
+        Account erasure uses it: bucket names end in ``:<key>``, so the id leaves no row.
+
+        Returns:
+            The number of rows deleted.
+        """
+        result = await self._pool.execute(
+            "DELETE FROM rate_limit_buckets WHERE bucket LIKE '%:' || $1", key
+        )
+        return int(str(result).rsplit(" ", 1)[-1])

@@ -34,6 +34,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from conclave_kit import metrics
+from conclave_kit.account_data import (
+    AccountDataServicer,
+    PurgeScheduler,
+    consume_erasures,
+    init_series,
+)
 from conclave_kit.auth import AuthGate
 from conclave_kit.config import ConfigError, ServiceConfig
 from conclave_kit.database import create_pool
@@ -115,7 +121,10 @@ class ServiceSpec:
         default_metrics_port: Dev default Prometheus port.
         extra_setup: Start-up steps after Postgres and NATS connect (streams, consumers);
             each may return an awaitable.
-        serves_account_data: True once the service registers its own AccountDataService.
+        account_data: The service's AccountDataService (export, purge, erasure); its
+            ``provider`` is set by a start-up step. The runtime serves it, consumes
+            account erasures and runs the scheduled purge. None: the RPCs answer
+            UNIMPLEMENTED.
     """
 
     name: str
@@ -125,7 +134,7 @@ class ServiceSpec:
     default_grpc_port: int
     default_metrics_port: int
     extra_setup: Sequence[Callable[[Resources], object]] = field(default=())
-    serves_account_data: bool = False
+    account_data: AccountDataServicer | None = None
 
 
 ACCOUNT_DATA_SERVICE = account_data_pb2.DESCRIPTOR.services_by_name["AccountDataService"]
@@ -187,13 +196,12 @@ class ServiceRuntime:
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.spec.register(self._server, self.resources)
-        if not self.spec.serves_account_data:
-            add_service(
-                self._server,
-                ACCOUNT_DATA_SERVICE,
-                servicer=None,
-                capability="per-server export and purge (issue #7)",
-            )
+        add_service(
+            self._server,
+            ACCOUNT_DATA_SERVICE,
+            servicer=self.spec.account_data,
+            capability="this server holds no account data",
+        )
         reflection.enable_server_reflection(
             (
                 *self.spec.grpc_services,
@@ -253,6 +261,22 @@ class ServiceRuntime:
             result = setup(res)
             if asyncio.iscoroutine(result):
                 await result
+        await self._start_account_data()
+
+    async def _start_account_data(self) -> None:
+        servicer = self.spec.account_data
+        if servicer is None:
+            return
+        provider = servicer.provider
+        if provider is None:
+            raise StartupError(f"{self.config.service}: account data provider was not set up")
+        res = self.resources
+        init_series(provider)
+        await consume_erasures(res.js, provider)
+        if self.config.purge_interval_seconds > 0:
+            scheduler = PurgeScheduler(provider, res.pool, self.config.purge_interval_seconds)
+            scheduler.start()
+            res.on_shutdown(scheduler.stop)
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", *self.spec.grpc_services):

@@ -8,22 +8,18 @@ Purge deletes what has outlived its purpose; it is safe on several replicas at o
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from conclave.auth.v1 import auth_pb2 as A
 from conclave.common.v1 import account_data_pb2 as D
-from conclave_kit.auth import current_claims
-from conclave_kit.errors import Unavailable
 from conclave_kit.ratelimit import RateLimiter
+from conclave_kit.tokens import Claims
 
 from conclave_auth import store
 from conclave_auth.manager import AuthManager
 
-EXPORT_CHUNK_BYTES = 64 * 1024
 ALL_KINDS = (
     D.PURGE_KIND_SESSIONS,
     D.PURGE_KIND_UNCONFIRMED_ACCOUNTS,
@@ -128,38 +124,55 @@ async def purge(
     return counts
 
 
-class AuthAccountDataServicer:
-    """Serves AccountDataService for the auth schema."""
+class AuthAccountData:
+    """Auth's :class:`conclave_kit.account_data.AccountDataProvider`.
 
-    def __init__(self, audit_ttl_seconds: float) -> None:
-        self.manager: AuthManager | None = None
+    Args:
+        manager: The auth manager (pool, clock, session ending).
+        audit_ttl_seconds: Deployment audit-log TTL.
+    """
+
+    service: str = "auth"
+    kinds: tuple[int, ...] = ALL_KINDS
+
+    def __init__(self, manager: AuthManager, audit_ttl_seconds: float) -> None:
+        self._m = manager
         self._audit_ttl = audit_ttl_seconds
 
-    @property
-    def _m(self) -> AuthManager:
-        if self.manager is None:
-            raise Unavailable("auth is starting")
-        return self.manager
-
-    async def ExportAccountData(
-        self, request: D.ExportAccountDataRequest, context: Any
-    ) -> AsyncIterator[D.ExportAccountDataResponse]:
-        """See account_data.proto."""
-        claims = current_claims()
+    async def export(self, claims: Claims) -> dict[str, Any]:
+        """The auth section of the caller's export (the session must still be live)."""
         await self._m.require_live_session(claims)
-        document = json.dumps(await export_account(self._m, claims.account_id)).encode()
-        for start in range(0, len(document), EXPORT_CHUNK_BYTES):
-            yield D.ExportAccountDataResponse(
-                json_chunk=document[start : start + EXPORT_CHUNK_BYTES]
-            )
+        return await export_account(self._m, claims.account_id)
 
-    async def PurgeExpired(
-        self, request: D.PurgeExpiredRequest, context: Any
-    ) -> D.PurgeExpiredResponse:
-        """See account_data.proto (operator only, enforced by the auth mode)."""
-        counts = await purge(
-            self._m, [int(k) for k in request.kinds], self._m.now(), self._audit_ttl
-        )
-        return D.PurgeExpiredResponse(
-            counts=[D.PurgeCount(kind=k, items=n) for k, n in sorted(counts.items())]  # type: ignore[arg-type]
-        )
+    async def purge(self, kinds: frozenset[int]) -> dict[int, int]:
+        """See :func:`purge`."""
+        return await purge(self._m, list(kinds), self._m.now(), self._audit_ttl)
+
+    async def purge_lag(self) -> dict[int, float]:
+        """How overdue the oldest expired session, unconfirmed account and audit entry are."""
+        now = self._m.now()
+        async with self._m.pool.acquire() as conn:
+            # Purge deletes ended sessions a minute after their last token expired.
+            session = await conn.fetchval(
+                "SELECT min(access_expires_at) + interval '1 minute' FROM sessions "
+                "WHERE ended_at IS NOT NULL"
+            )
+            unconfirmed = await conn.fetchval(
+                "SELECT min(enrollment_expires_at) FROM accounts WHERE totp_confirmed_at IS NULL"
+            )
+            audit = await conn.fetchval("SELECT min(occurred_at) FROM audit_events")
+        audit_due = None if audit is None else audit + timedelta(seconds=self._audit_ttl)
+        return {
+            D.PURGE_KIND_SESSIONS: _overdue(now, session),
+            D.PURGE_KIND_UNCONFIRMED_ACCOUNTS: _overdue(now, unconfirmed),
+            D.PURGE_KIND_AUDIT_EVENTS: _overdue(now, audit_due),
+            D.PURGE_KIND_BOOKKEEPING: 0.0,
+        }
+
+    async def erase(self, account_id: str) -> int:
+        """Ends every session (revocations published first), then deletes the account."""
+        return await self._m.erase_account(account_id)
+
+
+def _overdue(now: datetime, due: datetime | None) -> float:
+    return 0.0 if due is None else max(0.0, (now - due).total_seconds())

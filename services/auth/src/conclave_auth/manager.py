@@ -1077,6 +1077,51 @@ class AuthManager:
         self._relay.wake()
         return int(result.rsplit(" ", 1)[-1])
 
+    async def erase_account(self, account_id: str) -> int:
+        """Erases an account (``conclave.events.account.deleted``); idempotent.
+
+        Every live session is ended first, in the same transaction, with its revocation
+        queued in the outbox, and the outbox is relayed before returning: the sessions are
+        refused everywhere before auth reports the erasure complete. Then the account row
+        goes, and with it (foreign-key cascades) its devices, sessions, refresh-token
+        hashes, recovery-code hashes and audit log; its rate-limit buckets are deleted.
+
+        Returns:
+            Rows deleted (0 when the account was already gone).
+        """
+        now = self._clock()
+        key = uuid.UUID(account_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            live = await conn.fetch(
+                "SELECT session_id FROM sessions WHERE account_id = $1 AND ended_at IS NULL "
+                "FOR UPDATE",
+                key,
+            )
+            for row in live:
+                ended = await store.end_session(
+                    conn, str(row["session_id"]), A.SESSION_END_REASON_ACCOUNT_DELETED, now
+                )
+                if ended is not None:
+                    self._revocations.revoke(
+                        str(row["session_id"]), ended["access_expires_at"].timestamp() + 30
+                    )
+            dependents = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM devices WHERE account_id = $1) "
+                "+ (SELECT count(*) FROM sessions WHERE account_id = $1) "
+                "+ (SELECT count(*) FROM audit_events WHERE account_id = $1) "
+                "+ (SELECT count(*) FROM recovery_codes WHERE account_id = $1)",
+                key,
+            )
+            deleted = await conn.execute("DELETE FROM accounts WHERE account_id = $1", key)
+        items = int(deleted.rsplit(" ", 1)[-1])
+        if items:
+            items += int(dependents)
+        items += await self._limits.erase_key(account_id)
+        # Publish the revocations now, not at the relay's next poll: erasure.completed
+        # must not overtake them.
+        await self._relay.relay_once()
+        return items
+
     @property
     def fresh_auth_seconds(self) -> float:
         """How long a step-up keeps a token fresh."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 from conclave.auth.v1 import auth_pb2
+from conclave_kit.account_data import AccountDataServicer
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.pending import add_service
-from conclave_kit.runtime import ACCOUNT_DATA_SERVICE as ACCOUNT_DATA
 from conclave_kit.runtime import Resources, ServiceSpec
 
-from conclave_auth.account_data import AuthAccountDataServicer
+from conclave_auth.account_data import AuthAccountData
 from conclave_auth.config import AuthConfig
 from conclave_auth.manager import AuthManager, Clock
 from conclave_auth.service import PENDING, AuthServiceServicer
@@ -21,11 +21,10 @@ GRPC_SERVICE = DESCRIPTOR.full_name
 def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
     """The auth service for the kit's runtime (``clock`` is injectable for tests)."""
     servicer = AuthServiceServicer()
-    account_data = AuthAccountDataServicer(config.audit_ttl_seconds)
+    account_data = AccountDataServicer()
 
     def register(server: grpc.aio.Server, resources: Resources) -> None:
         add_service(server, DESCRIPTOR, servicer, PENDING)
-        add_service(server, ACCOUNT_DATA, account_data, "nothing pending")
 
     async def connect(resources: Resources) -> None:
         relay = OutboxRelay(resources.pool, resources.js)
@@ -33,9 +32,10 @@ def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
         resources.on_shutdown(relay.stop)
         extra = {} if clock is None else {"clock": clock}
         servicer.nats = resources.nats
-        servicer.manager = account_data.manager = AuthManager(
+        servicer.manager = manager = AuthManager(
             config, resources.pool, relay, resources.revocations, **extra
         )
+        account_data.provider = AuthAccountData(manager, config.audit_ttl_seconds)
 
     return ServiceSpec(
         name="auth",
@@ -45,5 +45,5 @@ def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
         default_grpc_port=50051,
         default_metrics_port=9101,
         extra_setup=(connect,),
-        serves_account_data=True,
+        account_data=account_data,
     )

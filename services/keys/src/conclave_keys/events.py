@@ -11,10 +11,9 @@ Consumed (durable consumers shared by all replicas, explicit acks, idempotent ha
 - ``conclave.events.device.removed`` from other servers (auth: logout or revoke with
   remove_device, approval rejection): the device's keys are deleted and a REMOVE leaf is
   appended;
-- ``conclave.events.account.deleted`` (retention): the account's keys are erased and its
-  log leaves keep only their hashes; then ``conclave.events.erasure.completed`` is
-  published. The event is acked only after that publish succeeded, so a failure is retried
-  by redelivery (a retry erases nothing more and reports 0 items).
+
+``conclave.events.account.deleted`` is consumed by the kit (``conclave_kit.account_data``)
+through :class:`conclave_keys.account_data.KeysAccountData`.
 """
 
 from __future__ import annotations
@@ -36,15 +35,11 @@ DEVICE_REMOVED = "conclave.events.device.removed"
 # One durable consumer shared by all keys replicas (a deliver group), so each removal is
 # handled once per deployment, and none is lost while the service is down.
 DEVICE_REMOVED_CONSUMER = "keys-device-removed"
-ACCOUNT_DELETED = "conclave.events.account.deleted"
-ACCOUNT_DELETED_CONSUMER = "keys-account-deleted"
-ERASURE_COMPLETED = "conclave.events.erasure.completed"
 LOW_WATER_MARK = 10
 
 _log = get_logger("conclave.keys.events")
 
 RemoveKeys = Callable[[str, str], Awaitable[tuple[bool, int]]]
-EraseAccount = Callable[[str], Awaitable[int]]
 
 
 def _now() -> Timestamp:
@@ -77,24 +72,6 @@ def device_removed(account_id: str, device_id: str) -> tuple[str, bytes]:
         occur_time=_now(),
         device=types_pb2.DeviceAddress(account_id=account_id, device_id=device_id),
         origin=types_pb2.SERVICE_NAME_KEYS,
-    )
-    return event_id, event.SerializeToString()
-
-
-def erasure_completed(account_id: str, erasure_id: str, items: int) -> tuple[str, bytes]:
-    """A serialized ErasureCompleted event (service KEYS) and its id.
-
-    The id is derived from the erasure id, so a redelivered AccountDeleted re-publishes
-    with the same Nats-Msg-Id and JetStream stores it once.
-    """
-    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"conclave:erasure:{erasure_id}:keys"))
-    event = events_pb2.ErasureCompleted(
-        event_id=event_id,
-        occur_time=_now(),
-        erasure_id=erasure_id,
-        account_id=account_id,
-        service=types_pb2.SERVICE_NAME_KEYS,
-        items_deleted=items,
     )
     return event_id, event.SerializeToString()
 
@@ -141,36 +118,4 @@ class EventBus:
             manual_ack=True,
             stream=EVENTS_STREAM,
             config=api.ConsumerConfig(ack_wait=30, max_deliver=20),
-        )
-
-    async def subscribe_account_deleted(self, erase: EraseAccount) -> None:
-        """Consumes account erasures (start-up step)."""
-
-        async def handle(msg: Msg) -> None:
-            try:
-                event = events_pb2.AccountDeleted.FromString(msg.data)
-            except Exception:  # malformed: drop it, retrying cannot help
-                _log.warning("account_deleted_malformed")
-                await msg.term()
-                return
-            if event.account_id:
-                items = await erase(event.account_id)
-                event_id, payload = erasure_completed(event.account_id, event.erasure_id, items)
-                # Raises on failure: the event stays unacked and is redelivered.
-                await self._resources.js.publish(
-                    ERASURE_COMPLETED,
-                    payload,
-                    stream=EVENTS_STREAM,
-                    headers={"Nats-Msg-Id": event_id},
-                )
-            await msg.ack()
-
-        await self._resources.js.subscribe(
-            ACCOUNT_DELETED,
-            queue=ACCOUNT_DELETED_CONSUMER,
-            durable=ACCOUNT_DELETED_CONSUMER,
-            cb=handle,
-            manual_ack=True,
-            stream=EVENTS_STREAM,
-            config=api.ConsumerConfig(ack_wait=60, max_deliver=50),
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import grpc
 from conclave.keys.v1 import keys_pb2, keys_pb2_grpc
+from conclave_kit.account_data import AccountDataServicer
 from conclave_kit.runtime import Resources, ServiceSpec
 
+from conclave_keys.account_data import KeysAccountData
 from conclave_keys.config import KeysConfig
 from conclave_keys.events import EventBus
 from conclave_keys.internal import serve_identity_requests
@@ -26,6 +28,7 @@ def build_spec(config: KeysConfig) -> ServiceSpec:
         config: Keys-service settings (log key, limits).
     """
     managers: list[KeyManager] = []
+    account_data = AccountDataServicer()
 
     def register(server: grpc.aio.Server, resources: Resources) -> None:
         bus = EventBus(resources)
@@ -35,12 +38,10 @@ def build_spec(config: KeysConfig) -> ServiceSpec:
 
     async def record_log_key(resources: Resources) -> None:
         await managers[-1].start()
+        account_data.provider = KeysAccountData(resources, config, managers[-1])
 
     async def consume_device_removals(resources: Resources) -> None:
         await EventBus(resources).subscribe_device_removed(managers[-1].remove_keys)
-
-    async def consume_account_erasures(resources: Resources) -> None:
-        await EventBus(resources).subscribe_account_deleted(managers[-1].erase_account)
 
     return ServiceSpec(
         name="keys",
@@ -52,7 +53,7 @@ def build_spec(config: KeysConfig) -> ServiceSpec:
         extra_setup=(
             record_log_key,
             consume_device_removals,
-            consume_account_erasures,
             serve_identity_requests,
         ),
+        account_data=account_data,
     )

@@ -49,6 +49,7 @@ from conclave_media.config import MediaConfig
 from conclave_media.storage import ChunkMissing, ChunkStorage
 
 Clock = Callable[[], datetime]
+MediaTtl = Callable[[str], Awaitable[float | None]]
 _log = get_logger("conclave.media")
 
 MIN_CHUNK = 64 * 1024
@@ -157,6 +158,8 @@ class MediaManager:
         pool: Pool on the ``media`` schema.
         storage: Where ciphertext chunks are kept.
         clock: Current time (injectable so tests move time instead of sleeping).
+        media_ttl: The uploader's retention media TTL in seconds, or None for the
+            configured default (see :mod:`conclave_media.policy`).
     """
 
     def __init__(
@@ -165,11 +168,13 @@ class MediaManager:
         pool: asyncpg.Pool,
         storage: ChunkStorage,
         clock: Clock = lambda: datetime.now(UTC),
+        media_ttl: MediaTtl | None = None,
     ) -> None:
         self._cfg = config
         self._pool = pool
         self._storage = storage
         self._clock = clock
+        self._media_ttl = media_ttl
         self._limits = RateLimiter(pool)
 
     @property
@@ -435,7 +440,7 @@ class MediaManager:
             matched = digest == bytes(row["ciphertext_sha256"])
             if matched:
                 now = self._clock()
-                expires = now + timedelta(seconds=self._cfg.blob_ttl_seconds)
+                expires = now + timedelta(seconds=await self._ttl(str(row["account_id"])))
                 await store.mark_complete(conn, hashed, now, expires)
             else:
                 await self._storage.delete_chunks(blob_key(hashed), count)
@@ -451,6 +456,17 @@ class MediaManager:
             )
         _log.info("upload_completed", blob=_short(hashed), size_bytes=row["size_bytes"])
         return _status(done)
+
+    async def _ttl(self, account_id: str) -> float:
+        """The blob TTL for the uploader: its retention policy, capped by the config.
+
+        The configured TTL is also the ceiling, because the bucket's age limit (the
+        backstop behind the purge) is derived from it.
+        """
+        policy = None if self._media_ttl is None else await self._media_ttl(account_id)
+        if policy is None:
+            return self._cfg.blob_ttl_seconds
+        return min(policy, self._cfg.blob_ttl_seconds)
 
     async def _digest_from_storage(self, hashed: bytes, count: int) -> bytes | None:
         """SHA-256 of the stored chunks; None if one is missing (treated as a mismatch)."""
@@ -578,11 +594,33 @@ class MediaManager:
         Returns:
             How many blobs were deleted.
         """
+        return sum((await self.purge_expired_by_state(batch)).values())
+
+    async def purge_expired_by_state(self, batch: int = PURGE_BATCH) -> dict[int, int]:
+        """As :meth:`purge_expired`, counted by the state the rows were in.
+
+        Returns:
+            Blobs deleted per ``store`` state (UPLOADING, COMPLETE, DELETED).
+        """
         await self._limits.purge_idle(self._cfg.upload_limit.seconds_to_full)
         now = self._clock()
-        return await self._delete_batches(
-            lambda conn: store.lock_expired(conn, now, batch), "expired"
+        by_state: dict[int, int] = {}
+        await self._delete_batches(
+            lambda conn: store.lock_expired(conn, now, batch), "expired", by_state
         )
+        return by_state
+
+    async def oldest_expired(self) -> dict[int, datetime]:
+        """Earliest ``expires_at`` in the past per state (purge lag)."""
+        rows = await self._pool.fetch(
+            "SELECT state, min(expires_at) AS due FROM blobs WHERE expires_at <= $1 GROUP BY state",
+            self._clock(),
+        )
+        return {int(r["state"]): r["due"] for r in rows}
+
+    def now(self) -> datetime:
+        """The manager's clock."""
+        return self._clock()
 
     async def erase_account(self, account_id: str, batch: int = PURGE_BATCH) -> int:
         """Deletes every blob an account uploaded (account erasure). Idempotent.
@@ -598,6 +636,7 @@ class MediaManager:
         self,
         select: Callable[[Connection], Awaitable[list[asyncpg.Record]]],
         kind: str,
+        by_state: dict[int, int] | None = None,
     ) -> int:
         total = 0
         while True:
@@ -605,6 +644,9 @@ class MediaManager:
                 rows = await select(conn)
                 for row in rows:
                     await self._delete_locked(conn, row)
+            if by_state is not None:
+                for row in rows:
+                    by_state[int(row["state"])] = by_state.get(int(row["state"]), 0) + 1
             total += len(rows)
             metrics.PURGED_BLOBS.labels(kind).inc(len(rows))
             if not rows:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import grpc
 from conclave.media.v1 import media_pb2, media_pb2_grpc
+from conclave_kit.account_data import AccountDataServicer
 from conclave_kit.runtime import Resources, ServiceSpec
 
+from conclave_media.account_data import MediaAccountData
 from conclave_media.config import MediaConfig
 from conclave_media.manager import Clock, MediaManager
+from conclave_media.policy import media_ttl_resolver
 from conclave_media.service import MediaServiceServicer
 from conclave_media.storage import JetStreamObjectStorage
 
@@ -31,6 +34,7 @@ def build_spec(
             the future purge job reach :meth:`MediaManager.purge_expired` through it).
     """
     servicer = servicer or MediaServiceServicer()
+    account_data = AccountDataServicer()
 
     def register(server: grpc.aio.Server, resources: Resources) -> None:
         media_pb2_grpc.add_MediaServiceServicer_to_server(servicer, server)
@@ -46,7 +50,14 @@ def build_spec(
             + _BACKSTOP_MARGIN_SECONDS,
         )
         extra = {} if clock is None else {"clock": clock}
-        servicer.manager = MediaManager(config, resources.pool, storage, **extra)
+        servicer.manager = manager = MediaManager(
+            config,
+            resources.pool,
+            storage,
+            media_ttl=media_ttl_resolver(resources.nats),
+            **extra,
+        )
+        account_data.provider = MediaAccountData(manager, resources.pool)
 
     return ServiceSpec(
         name="media",
@@ -56,4 +67,5 @@ def build_spec(
         default_grpc_port=50054,
         default_metrics_port=9104,
         extra_setup=(connect,),
+        account_data=account_data,
     )

@@ -121,7 +121,7 @@ async def lock_expired(conn: Connection, now: datetime, limit: int) -> list[Reco
     """
     return list(
         await conn.fetch(
-            "SELECT id_hash, size_bytes, chunk_size FROM blobs WHERE expires_at <= $1 "
+            "SELECT id_hash, size_bytes, chunk_size, state FROM blobs WHERE expires_at <= $1 "
             "ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             now,
             limit,
@@ -133,7 +133,7 @@ async def lock_account_blobs(conn: Connection, account_id: str, limit: int) -> l
     """Up to ``limit`` rows of one account, locked for this transaction (erasure)."""
     return list(
         await conn.fetch(
-            "SELECT id_hash, size_bytes, chunk_size FROM blobs WHERE account_id = $1 "
+            "SELECT id_hash, size_bytes, chunk_size, state FROM blobs WHERE account_id = $1 "
             "LIMIT $2 FOR UPDATE SKIP LOCKED",
             account_id,
             limit,
