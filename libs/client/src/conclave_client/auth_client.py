@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -551,6 +551,40 @@ class AuthClient:
             raise error_from_rpc(err, where, service) from None
 
     # -- session RPCs -------------------------------------------------------------------
+
+    def reauthenticate(
+        self, password: str, *, totp_code: str | None = None, recovery_code: str | None = None
+    ) -> Credentials:
+        """Re-checks password + second factor; stores the fresh access token it returns.
+
+        ``AUTH_MODE_FRESH`` RPCs (export, account deletion) need a token whose
+        ``auth_time`` is recent. The refresh token is unchanged, so only the access token
+        (and its expiry) is replaced, under the credentials lock.
+
+        Raises:
+            ClientError: ``PERMISSION_DENIED`` (wrong password or code), rate limits, ...
+        """
+        if (totp_code is None) == (recovery_code is None):
+            raise ClientError("give exactly one of a TOTP code or a recovery code")
+        request = auth_pb2.ReauthenticateRequest(password=password)
+        if totp_code is not None:
+            request.totp_code = totp_code
+        else:
+            request.recovery_code = recovery_code or ""
+        reply = self._authorized(
+            lambda md: self._stub.Reauthenticate(request, metadata=md, timeout=self._timeout)
+        )
+        with self.store.locked():
+            current = self.credentials()
+            updated = replace(
+                current,
+                access_token=reply.access_token,
+                access_token_expire_time=_time(
+                    reply.access_token_expire_time, reply.HasField("access_token_expire_time")
+                ),
+            )
+            self.store.save(updated)
+        return updated
 
     def logout(self, remove_device: bool = False) -> bool:
         """Ends the current session on the server and forgets it locally.

@@ -13,20 +13,36 @@ Conventions every command keeps (later commands extend this parser):
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import getpass
 import io
 import json
+import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import segno
 from conclave_crypto import CryptoError
 from rich import box
 from rich.console import Console
+from rich.live import Live
 from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from conclave_client.auth_client import (
@@ -36,8 +52,18 @@ from conclave_client.auth_client import (
     Registration,
     SessionInfo,
 )
-from conclave_client.credentials import CredentialsError, CredentialStore
+from conclave_client.credentials import CredentialsError, CredentialStore, normalise_username
 from conclave_client.endpoints import Endpoints
+from conclave_client.files import (
+    DOWNLOADS_DIR,
+    Attachment,
+    PendingUpload,
+    UploadStore,
+    ciphertext_size,
+    encrypt_file,
+    guess_content_type,
+    save_attachment,
+)
 from conclave_client.keys_client import (
     KeysClient,
     LogKeyError,
@@ -46,7 +72,14 @@ from conclave_client.keys_client import (
     status_json,
     verified_json,
 )
+from conclave_client.media_client import MediaClient
 from conclave_client.messenger import Client, Message
+from conclave_client.retention_client import (
+    FRESH_AUTH_REQUIRED,
+    ErasureStatus,
+    RetentionClient,
+    section_counts,
+)
 from conclave_client.status import check_all
 from conclave_client.transparency import TransparencyError
 
@@ -94,6 +127,32 @@ def make_messenger(args: argparse.Namespace) -> Client:
         A client bound to ``$CONCLAVE_HOME`` (session and device keys).
     """
     return Client(endpoints=Endpoints.resolve(args.host))
+
+
+def make_media_client(args: argparse.Namespace, auth: AuthClient) -> MediaClient:
+    """The MediaService client for this invocation (tests replace this function).
+
+    Args:
+        args: Parsed arguments (``--host``).
+        auth: The session to call with.
+
+    Returns:
+        A client on the media service.
+    """
+    return MediaClient(Endpoints.resolve(args.host)["media"], auth)
+
+
+def make_retention_client(args: argparse.Namespace, auth: AuthClient) -> RetentionClient:
+    """The RetentionService client for this invocation (tests replace this function).
+
+    Args:
+        args: Parsed arguments (``--host``).
+        auth: The session to call with.
+
+    Returns:
+        A client on the retention service.
+    """
+    return RetentionClient(Endpoints.resolve(args.host)["retention"], auth)
 
 
 def _print_json(value: Any) -> None:
@@ -514,6 +573,452 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if healthy else EXIT_ERROR
 
 
+# -- files ---------------------------------------------------------------------------------
+
+
+def _human_bytes(value: int) -> str:
+    """1,234,567 -> ``1.2 MB`` (decimal units, as the progress bars show them)."""
+    size = float(value)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{value} B"  # pragma: no cover - the loop always returns
+
+
+def _stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _transfer_progress(args: argparse.Namespace) -> Iterator[Progress | None]:
+    """A progress display on stderr, only for a person at a terminal (never with --json)."""
+    console = _stderr_console()
+    if args.json or not console.is_terminal or getattr(args, "quiet", False):
+        yield None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+    with progress:
+        yield progress
+
+
+def _tracker(progress: Progress | None, description: str, total: int) -> Callable[[int], None]:
+    """A callback setting a new task's completed bytes (a no-op without a display)."""
+    if progress is None:
+        return lambda done: None
+    task: TaskID = progress.add_task(description, total=total)
+    return lambda done: progress.update(task, completed=done)
+
+
+def _discard_upload(store: UploadStore, media: MediaClient, upload: PendingUpload) -> None:
+    """Forgets an unfinished send here and (best effort) its blob on the server."""
+    if upload.media_id:
+        with contextlib.suppress(ClientError):
+            media.delete(upload.media_id)
+    store.remove(upload)
+
+
+def _cmd_send_file(args: argparse.Namespace) -> int:
+    target: str = args.target
+    path = Path(args.path).expanduser()
+    if not path.is_file():
+        raise CliError(f"{args.path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise CliError(f"{args.path}: not readable")
+    with make_messenger(args) as client, make_media_client(args, client.auth) as media:
+        store = UploadStore(client.home)
+        for stale in store.all():  # the server drops incomplete uploads after 24 h
+            if stale.created < time.time() - 23 * 3600 and not stale.uploaded:
+                store.remove(stale)
+        upload = store.find(target, path)
+        if upload is not None and args.restart:
+            _discard_upload(store, media, upload)
+            upload = None
+        if upload is None and args.resume:
+            raise CliError(f"no interrupted send of {args.path} to {target} to resume")
+        resumed_from: int | None = None
+        started = time.monotonic()
+        with _transfer_progress(args) as bar:
+            if upload is None:
+                size = path.stat().st_size
+                quota = media.quota()
+                needed = ciphertext_size(size)
+                if quota.max_blob_bytes and needed > quota.max_blob_bytes:
+                    raise CliError(
+                        f"{args.path} is too large: {_human_bytes(needed)} encrypted, the "
+                        f"server accepts at most {_human_bytes(quota.max_blob_bytes)}"
+                    )
+                name = args.name or path.name
+                upload = store.new(
+                    target, path, name, args.content_type or guess_content_type(name)
+                )
+                try:
+                    pointer = encrypt_file(
+                        path,
+                        store.ciphertext(upload),
+                        progress=_tracker(bar, "encrypting", size),
+                    )
+                except (OSError, ValueError) as err:
+                    raise CliError(f"{args.path}: cannot encrypt: {err}") from None
+                upload.pointer = base64.b64encode(pointer.encode()).decode()
+                upload.ciphertext_size = store.ciphertext(upload).stat().st_size
+                store.save(upload)
+            if not upload.media_id:
+                digest = upload.attachment().pointer.digest
+                upload.media_id, _ = media.create_upload(upload.ciphertext_size, digest)
+                store.save(upload)
+            elif not upload.uploaded:
+                try:
+                    resumed_from = media.status(upload.media_id).next_offset
+                except ClientError as err:
+                    if err.code != "NOT_FOUND":
+                        raise
+                    store.remove(upload)
+                    raise CliError(
+                        "the server no longer has the interrupted upload (expired): run the "
+                        "same command again to start over"
+                    ) from None
+            if not upload.uploaded:
+                track = _tracker(bar, "uploading", upload.ciphertext_size)
+                try:
+                    with store.ciphertext(upload).open("rb") as source:
+                        media.upload(upload.media_id, source, progress=track)
+                except ClientError as err:
+                    if err.reason == "DIGEST_MISMATCH" or err.code == "NOT_FOUND":
+                        store.remove(upload)  # the server discarded it: start over next time
+                        raise CliError(f"upload failed: {err} (run the command again)") from None
+                    raise CliError(
+                        f"upload interrupted: {err} (run the same command again to resume)"
+                    ) from None
+                except OSError as err:
+                    raise CliError(f"cannot read the encrypted copy: {err}") from None
+                upload.uploaded = True
+                store.save(upload)
+        seconds = time.monotonic() - started
+        attachment = upload.attachment()
+        caption: str = args.text or ""
+        if target.startswith("#"):
+            sent = client.send_group(target, caption, attachment=attachment)
+        else:
+            sent = client.send_direct(target, caption, attachment=attachment)
+        store.remove(upload)
+    rate = upload.ciphertext_size / seconds / 1e6 if seconds > 0 else None
+    if args.json:
+        _print_json(
+            {
+                "id": sent.id,
+                "to": target,
+                "server_time": _iso(sent.server_time),
+                "duplicate": sent.duplicate,
+                "devices": sent.devices,
+                "file": attachment.summary(),
+                "media_id": attachment.media_id,
+                "ciphertext_bytes": upload.ciphertext_size,
+                "resumed_from": resumed_from,
+                "seconds": round(seconds, 3),
+                "mb_per_s": round(rate, 2) if rate is not None else None,
+            }
+        )
+    else:
+        resumed = f", resumed at {_human_bytes(resumed_from)}" if resumed_from else ""
+        speed = f", {rate:.1f} MB/s" if rate else ""
+        print(
+            f"Sent {attachment.name} ({_human_bytes(attachment.size)}{resumed}{speed}) to "
+            f"{target} as message {sent.id}."
+        )
+    return EXIT_OK
+
+
+def _download(
+    args: argparse.Namespace, client: Client, media: MediaClient, attachment: Attachment
+) -> Path:
+    """Fetches, verifies and saves one attachment; raises CliError with the reason."""
+    directory = client.home / DOWNLOADS_DIR
+    with _transfer_progress(args) as bar:
+        track = _tracker(bar, f"receiving {escape(attachment.name)}", attachment.size)
+
+        def fetch(sink: Callable[[bytes], None]) -> None:
+            media.download(
+                attachment.media_id,
+                sink,
+                expected_digest=attachment.pointer.digest,
+                progress=track,
+            )
+
+        try:
+            return save_attachment(directory, attachment, fetch)
+        except ClientError as err:
+            raise CliError(str(err)) from None
+        except CryptoError:
+            raise CliError("the file failed its integrity check (digest or tag)") from None
+        except OSError as err:
+            raise CliError(f"cannot write to {directory}: {err.strerror or err}") from None
+
+
+# -- account data ---------------------------------------------------------------------------
+
+
+def _read_code(args: argparse.Namespace, prompt: str = "Authenticator code: ") -> str:
+    """``--code``, else a prompt on a terminal; never prompts without one."""
+    code: str | None = getattr(args, "code", None)
+    if code:
+        return code.strip()
+    if not sys.stdin.isatty():
+        raise CliError("no terminal to prompt for the authenticator code (use --code CODE)")
+    entered = input(prompt).strip()
+    if not entered:
+        raise CliError("no code entered")
+    return entered
+
+
+def _fresh_call(args: argparse.Namespace, auth: AuthClient, call: Callable[[], Any]) -> Any:
+    """Runs a FRESH call; re-authenticates once (password + code) if the server asks.
+
+    The call is tried first so a session whose last sign-in is recent (a login a moment
+    ago) does not spend a code; only FRESH_AUTH_REQUIRED leads to Reauthenticate, with
+    ``--password-stdin``/``--code`` or prompts on a terminal.
+    """
+    try:
+        return call()
+    except ClientError as err:
+        if err.reason != FRESH_AUTH_REQUIRED:
+            raise
+    if not (args.password_stdin or args.code or sys.stdin.isatty()):
+        raise CliError(
+            "this needs a recent password + code check: repeat with --password-stdin --code CODE"
+        )
+    password = _read_password(args, confirm=False)
+    auth.reauthenticate(password, totp_code=_read_code(args))
+    return call()
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as auth, make_retention_client(args, auth) as retention:
+        username = auth.credentials().username
+        with _transfer_progress(args) as bar:
+            if bar is not None:
+                task = bar.add_task("exporting", total=None)
+                track: Callable[[int], None] = lambda done: bar.update(task, completed=done)  # noqa: E731
+            else:
+                track = lambda done: None  # noqa: E731
+            export = _fresh_call(args, auth, lambda: retention.export(progress=track))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    output = Path(args.output or f"conclave-export-{username}-{stamp}.json").expanduser()
+    _write_private(output, export.raw)
+    rows = section_counts(export)
+    if args.json:
+        sections: dict[str, dict[str, int]] = {}
+        for service, section, count in rows:
+            sections.setdefault(service, {})[section] = count
+        _print_json(
+            {
+                "file": str(output.resolve()),
+                "bytes": len(export.raw),
+                "format": export.document.get("format"),
+                "account_id": export.document.get("account_id"),
+                "generated_at": export.document.get("generated_at"),
+                "sections": sections,
+            }
+        )
+        return EXIT_OK
+    table = Table(
+        title=f"Export of {username}: what the servers hold about you",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("server", no_wrap=True)
+    table.add_column("section")
+    table.add_column("items", justify="right", no_wrap=True)
+    previous = ""
+    for service, section, count in rows:
+        table.add_row(service if service != previous else "", escape(section), str(count))
+        previous = service
+    Console().print(table)
+    print(f"Saved {_human_bytes(len(export.raw))} to {output} (readable only by you).")
+    return EXIT_OK
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """Writes ``content`` to ``path`` atomically with mode 0600 (exports are personal data)."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise CliError(f"cannot write {path}: {err.strerror or err}") from None
+    path.chmod(0o600)  # os.replace keeps the temp file's mode; chmod covers odd umasks
+
+
+def _erasure_json(status: ErasureStatus) -> dict[str, Any]:
+    return {
+        "erasure_id": status.erasure_id,
+        "state": status.state,
+        "request_time": _iso(status.request_time),
+        "complete_time": _iso(status.complete_time),
+        "services": [
+            {"service": s.service, "state": s.state, "complete_time": _iso(s.complete_time)}
+            for s in status.services
+        ],
+    }
+
+
+def _erasure_table(status: ErasureStatus) -> Table:
+    done = sum(1 for s in status.services if s.state == "complete")
+    table = Table(
+        title=f"Erasure {status.erasure_id}: {status.state} ({done}/{len(status.services)} "
+        "servers done; times UTC)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("server", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("completed", no_wrap=True)
+    for s in status.services:
+        colour = "green" if s.state == "complete" else "yellow"
+        table.add_row(s.service, f"[{colour}]{s.state}[/{colour}]", _when(s.complete_time))
+    return table
+
+
+def _wait_for_erasure(
+    args: argparse.Namespace, retention: RetentionClient, erasure_id: str
+) -> ErasureStatus:
+    """Polls GetErasureStatus until complete; CliError after ``--timeout`` seconds."""
+    deadline = time.monotonic() + args.timeout
+    status = retention.erasure_status(erasure_id)
+    console = Console()
+    live = not args.json and console.is_terminal
+    with (
+        Live(_erasure_table(status), console=console, transient=False)
+        if live
+        else (contextlib.nullcontext()) as display
+    ):
+        while not status.complete:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(args.interval)
+            status = retention.erasure_status(erasure_id)
+            if isinstance(display, Live):
+                display.update(_erasure_table(status))
+    if not status.complete:
+        pending = ", ".join(s.service for s in status.services if s.state != "complete")
+        raise CliError(
+            f"erasure {erasure_id} not complete after {args.timeout:g} s (waiting for "
+            f"{pending or 'the servers'}; check: conclave erasure-status {erasure_id})"
+        )
+    return status
+
+
+LOCAL_STATE = ("credentials.json", "device.db", "device.lock", "client.db", "kt-heads.json")
+"""What ``delete-account`` removes from ``$CONCLAVE_HOME`` (downloads/ stays: your files)."""
+
+
+def _remove_local_state(home: Path) -> list[str]:
+    removed = []
+    for name in LOCAL_STATE:
+        path = home / name
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(name)
+    uploads = home / "uploads"
+    if uploads.exists():
+        shutil.rmtree(uploads, ignore_errors=True)
+        removed.append("uploads/")
+    return removed
+
+
+def _cmd_delete_account(args: argparse.Namespace) -> int:
+    home = CredentialStore().home
+    with make_auth_client(args) as auth, make_retention_client(args, auth) as retention:
+        username = auth.credentials().username
+        if normalise_username(args.confirm) != username:
+            raise CliError(f"--confirm must be this account's username ({username})")
+        if not args.yes:
+            if not sys.stdin.isatty() or args.password_stdin:
+                raise CliError("add --yes to delete the account without a question")
+            answer = input(
+                f"Delete {username} and everything the servers hold about it, for good? Type yes: "
+            )
+            if answer.strip().lower() != "yes":
+                raise CliError("not deleted")
+        password = _read_password(args, confirm=False)
+        code = _read_code(args)
+        try:
+            erasure_id, requested = retention.delete_account(password, code, username)
+        except ClientError as err:
+            if err.reason != FRESH_AUTH_REQUIRED:
+                raise
+            # The request itself re-checks password + code, and each code works once: the
+            # step-up spends this code, so the request needs the next one.
+            auth.reauthenticate(password, totp_code=code)
+            if not sys.stdin.isatty() or args.code:
+                raise CliError(
+                    "your last sign-in was too long ago: this code re-authenticated the "
+                    "session; repeat the command with the next code"
+                ) from None
+            code = _read_code(args, prompt="Next authenticator code (each works once): ")
+            erasure_id, requested = retention.delete_account(password, code, username)
+        # The sessions are gone on the server; the keys and session files are useless now.
+        removed = _remove_local_state(home)
+        status: ErasureStatus | None = None
+        if args.wait:
+            if not args.json:
+                print(
+                    f"Account {username} deleted; erasure id {erasure_id}. "
+                    "Waiting for every server..."
+                )
+            status = _wait_for_erasure(args, retention, erasure_id)
+    if args.json:
+        _print_json(
+            {
+                "erasure_id": erasure_id,
+                "username": username,
+                "request_time": _iso(requested),
+                "local_state_removed": removed,
+                "status": _erasure_json(status) if status is not None else None,
+            }
+        )
+        return EXIT_OK
+    if not args.wait:
+        print(f"Account {username} deleted; erasure id {erasure_id}.")
+        print(f"Follow the erasure with: conclave erasure-status {erasure_id}")
+    else:
+        print("Every server reports that nothing about the account remains.")
+    print(
+        f"Removed this device's local state from {home} ({', '.join(removed) or 'nothing left'}); "
+        f"received files in {home / DOWNLOADS_DIR} were kept."
+    )
+    return EXIT_OK
+
+
+def _cmd_erasure_status(args: argparse.Namespace) -> int:
+    with make_auth_client(args) as auth, make_retention_client(args, auth) as retention:
+        if args.wait:
+            status = _wait_for_erasure(args, retention, args.erasure_id)
+        else:
+            status = retention.erasure_status(args.erasure_id)
+    if args.json:
+        _print_json(_erasure_json(status))
+    elif not args.wait or not Console().is_terminal:
+        Console().print(_erasure_table(status))
+    return EXIT_OK if status.complete or not args.wait else EXIT_ERROR
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Returns the full argument parser (exposed for tests and docs)."""
 
@@ -552,7 +1057,124 @@ def build_parser() -> argparse.ArgumentParser:
     _add_auth_commands(sub, common)
     _add_keys_commands(sub, common)
     _add_messaging_commands(sub, common)
+    _add_file_commands(sub, common)
+    _add_account_data_commands(sub, common)
     return parser
+
+
+def _password_option() -> argparse.ArgumentParser:
+    password = argparse.ArgumentParser(add_help=False)
+    password.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (no prompt)",
+    )
+    return password
+
+
+def _add_file_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Files: send-file (listen saves received ones)."""
+    send_file = sub.add_parser(
+        "send-file",
+        parents=[common],
+        help="send a file end-to-end encrypted to USER or #GROUP",
+        description="Encrypt PATH on this device (random key, padded, chunked AES-256-GCM), "
+        "upload the ciphertext to the media server, then send USER or #GROUP a message "
+        "carrying the media id, key, digest, size, name and type, encrypted like any "
+        "message: the key never reaches a server. An interrupted send (network, Ctrl-C) "
+        "resumes from the last stored chunk when the same command runs again. Receivers' "
+        "`conclave listen` saves the file into $CONCLAVE_HOME/downloads/. Message format: "
+        '{"v": 1, "type": "file", "from", ["to",] "text": CAPTION, "attachment": {"v": 1, '
+        '"media_id", "pointer": BASE64(0x01 || key || sha256 || u64 size), "name", '
+        '"content_type"}}.',
+    )
+    send_file.add_argument("target", metavar="USER|#GROUP")
+    send_file.add_argument("path", metavar="PATH")
+    send_file.add_argument("--text", metavar="CAPTION", help="a caption sent with the file")
+    send_file.add_argument("--name", metavar="NAME", help="file name to send (default: PATH's)")
+    send_file.add_argument(
+        "--content-type", metavar="TYPE", help="MIME type to send (default: from the name)"
+    )
+    again = send_file.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="only continue an interrupted send of PATH to the target (error if none)",
+    )
+    again.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard an interrupted send of PATH and start over",
+    )
+    send_file.set_defaults(handler=_cmd_send_file)
+
+
+def _add_account_data_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """GDPR: export, delete-account, erasure-status."""
+    password = _password_option()
+    code = argparse.ArgumentParser(add_help=False)
+    code.add_argument("--code", metavar="CODE", help="current 6-digit code of your authenticator")
+
+    export = sub.add_parser(
+        "export",
+        parents=[common, password, code],
+        help="download everything the servers hold about your account (JSON)",
+        description="RetentionService.ExportMyData: one conclave-export-v1 JSON document "
+        "with every server's section, written with mode 0600; prints a summary. Needs a "
+        "recent sign-in: if the last one is older than the server's fresh window, the "
+        "password (--password-stdin) and a code (--code) re-authenticate first.",
+    )
+    export.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        help="where to write (default: ./conclave-export-USERNAME-TIME.json)",
+    )
+    export.set_defaults(handler=_cmd_export)
+
+    wait = argparse.ArgumentParser(add_help=False)
+    wait.add_argument(
+        "--timeout", type=float, default=120.0, metavar="S", help="give up waiting after S s (120)"
+    )
+    wait.add_argument(
+        "--interval", type=float, default=0.5, metavar="S", help="seconds between polls (0.5)"
+    )
+
+    delete = sub.add_parser(
+        "delete-account",
+        parents=[common, password, code, wait],
+        help="erase your account and everything about it on every server",
+        description="RetentionService.DeleteAccount: all sessions end at once and every "
+        "server erases the account's data; prints the erasure id (keep it: it is the only "
+        "way to follow progress). Then removes this device's local state (credentials, "
+        "device keys, message state) from $CONCLAVE_HOME; downloads/ is kept.",
+    )
+    delete.add_argument(
+        "--confirm",
+        metavar="USERNAME",
+        required=True,
+        help="your username, typed again as a guard",
+    )
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    delete.add_argument(
+        "--wait", action="store_true", help="show per-server progress until complete"
+    )
+    delete.set_defaults(handler=_cmd_delete_account)
+
+    status = sub.add_parser(
+        "erasure-status",
+        parents=[common, wait],
+        help="per-server progress of an account erasure (no login needed)",
+    )
+    status.add_argument("erasure_id", metavar="ID")
+    status.add_argument(
+        "--wait", action="store_true", help="poll until complete (exit 1 on timeout)"
+    )
+    status.set_defaults(handler=_cmd_erasure_status)
 
 
 def _add_messaging_commands(
@@ -628,9 +1250,16 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_message(message: Message, as_json: bool) -> None:
+def _print_message(
+    message: Message, as_json: bool, saved: Path | None = None, error: str | None = None
+) -> None:
     if as_json:
-        print(json.dumps(message.to_json()), flush=True)
+        value = message.to_json()
+        if message.is_file:
+            value["file"] = str(saved) if saved is not None else None
+            if error:
+                value["file_error"] = error
+        print(json.dumps(value), flush=True)
         return
     when = message.server_time.strftime("%H:%M:%S") if message.server_time else "--:--:--"
     if message.group_id:
@@ -639,15 +1268,42 @@ def _print_message(message: Message, as_json: bool) -> None:
         where = f"{message.sender} -> {message.conversation}"
     else:
         where = message.sender
+    if message.is_file:
+        a = message.attachment
+        what = f"[file] {a.name} ({_human_bytes(a.size)})" if a else "[file]"
+        where_saved = f" saved as {saved}" if saved is not None else " (not saved)"
+        caption = f" {message.text}" if message.text else ""
+        print(f"{when} {where}: {what}{where_saved}{caption}", flush=True)
+        return
     print(f"{when} {where}: {message.text}", flush=True)
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     shown = 0
-    with make_messenger(args) as client:
+    with make_messenger(args) as client, contextlib.ExitStack() as closing:
         reported = 0
+        media: MediaClient | None = None
         for message in client.listen(count=args.count, timeout=args.timeout):
-            _print_message(message, args.json)
+            saved: Path | None = None
+            error: str | None = None
+            if message.attachment is not None:
+                if media is None:
+                    media = closing.enter_context(make_media_client(args, client.auth))
+                try:
+                    # Before the message is acknowledged: a crash here redelivers it.
+                    saved = _download(args, client, media, message.attachment)
+                except CliError as err:
+                    error = str(err)
+            elif message.is_file:
+                error = message.attachment_error
+            if error:
+                name = message.attachment.name if message.attachment else "attachment"
+                print(
+                    f"conclave: error: message {message.id}: {name} not saved: {error}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            _print_message(message, args.json, saved, error)
             shown += 1
             for message_id, reason in client.failures[reported:]:
                 print(f"conclave: warning: message {message_id} {reason}", file=sys.stderr)

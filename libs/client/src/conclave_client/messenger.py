@@ -29,6 +29,14 @@ library pads it): UTF-8 JSON, one object, version field ``v`` = 1::
     {"v": 1, "type": "text", "from": USERNAME, "text": TEXT}                   # group
     {"v": 1, "type": "sender_key", "from": USERNAME, "group_id": UUID,
      "group_name": NAME, "key": BASE64(SenderKeyDistribution)}                  # pairwise only
+    {"v": 1, "type": "file", "from": USERNAME, ["to": USERNAME,] "text": CAPTION,
+     "attachment": {"v": 1, "media_id": ID, "pointer": BASE64(AttachmentPointer),
+                    "name": FILE_NAME, "content_type": MIME}}                   # 1:1 or group
+
+Type ``file`` is an addition within version 1: clients that predate it skip it as an
+unknown type (the rule below), so no frame version bump was needed; the attachment record
+carries its own version (:mod:`conclave_client.files`). Every field except ``v`` and
+``attachment`` is a string.
 
 ``from`` and ``to`` are informational: the names shown are those the server reports for the
 authenticated sender and peer account ids (``LookupAccounts``, cached in ``client.db``).
@@ -71,6 +79,7 @@ from conclave_crypto import (
 from conclave_client.auth_client import AuthClient, ClientError
 from conclave_client.credentials import CredentialStore, normalise_username
 from conclave_client.endpoints import Endpoints
+from conclave_client.files import Attachment, AttachmentError
 from conclave_client.home import conclave_home
 from conclave_client.keys_client import DEVICE_FILE, KeysClient, registration_id
 
@@ -105,6 +114,8 @@ class Message:
         group_id: Group id for group messages, else empty.
         server_time: When the server accepted it.
         outgoing: True for copies of what another device of ours sent.
+        attachment: The file record of a ``file`` message (key included: never print it).
+        attachment_error: Why a ``file`` message's record could not be used, else empty.
     """
 
     id: str
@@ -116,10 +127,20 @@ class Message:
     group_id: str = ""
     server_time: datetime | None = None
     outgoing: bool = False
+    attachment: Attachment | None = None
+    attachment_error: str = ""
+
+    @property
+    def is_file(self) -> bool:
+        """True for a ``file`` message (even when its record was unusable)."""
+        return self.attachment is not None or bool(self.attachment_error)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``listen --json`` object."""
+        """The ``listen --json`` object (an attachment only as name, size and type)."""
         stamp = self.server_time
+        extra: dict[str, Any] = {}
+        if self.is_file:
+            extra["attachment"] = self.attachment.summary() if self.attachment else None
         return {
             "id": self.id,
             "from": self.sender,
@@ -130,6 +151,7 @@ class Message:
             "from_device_id": self.sender_device_id,
             "outgoing": self.outgoing,
             "server_time": stamp.isoformat().replace("+00:00", "Z") if stamp else None,
+            **extra,
         }
 
 
@@ -174,21 +196,28 @@ def _stamp(ts: Any, present: bool) -> datetime | None:
     return ts.ToDatetime(tzinfo=UTC) if present else None
 
 
-def encode_frame(kind: str, **fields: str) -> bytes:
+def encode_frame(kind: str, **fields: object) -> bytes:
     """The content frame (see module docstring) as bytes."""
     return json.dumps({"v": FRAME_VERSION, "type": kind, **fields}, sort_keys=True).encode()
 
 
-def decode_frame(data: bytes) -> dict[str, str] | None:
-    """Parses a content frame; None when it is not a frame of a version we know."""
+def decode_frame(data: bytes) -> dict[str, Any] | None:
+    """Parses a content frame; None when it is not a frame of a version we know.
+
+    Every field is a string except ``attachment`` (an object, checked by
+    :meth:`Attachment.from_record`).
+    """
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return None
     if not isinstance(value, dict) or value.get("v") != FRAME_VERSION:
         return None
-    if not all(isinstance(v, str) for k, v in value.items() if k != "v"):
-        return None
+    for k, v in value.items():
+        if k == "v":
+            continue
+        if not (isinstance(v, str) or (k == "attachment" and isinstance(v, dict))):
+            return None
     return {k: v for k, v in value.items() if k != "v"}
 
 
@@ -682,8 +711,11 @@ class Client:
 
     # -- 1:1 -------------------------------------------------------------------------------
 
-    def send_direct(self, username: str, text: str) -> Sent:
+    def send_direct(self, username: str, text: str, attachment: Attachment | None = None) -> Sent:
         """Sends ``text`` to every device of ``username`` and to our own other devices.
+
+        With ``attachment`` the message is a ``file`` frame carrying the record (the media
+        key goes only into the per-device ciphertexts) and ``text`` is its caption.
 
         Raises:
             MessengerError: Unknown user, or the user has no device with published keys.
@@ -691,7 +723,7 @@ class Client:
         """
         account_id = self.resolve_user(username)
         recipient = normalise_username(username) if account_id != self.account_id else self.username
-        frame = encode_frame("text", text=text, to=recipient, **{"from": self.username})
+        frame = self._content_frame(text, attachment, to=recipient)
         with self._state.use() as dev:
             changed = self._sync_devices(dev, account_id)
             if account_id != self.account_id:
@@ -846,8 +878,21 @@ class Client:
         self._local.save_group(row)
         return sent
 
-    def send_group(self, name: str, text: str) -> Sent:
+    def _content_frame(self, text: str, attachment: Attachment | None, **extra: str) -> bytes:
+        if attachment is None:
+            return encode_frame("text", text=text, **extra, **{"from": self.username})
+        return encode_frame(
+            "file",
+            text=text,
+            attachment=attachment.to_record(),
+            **extra,
+            **{"from": self.username},
+        )
+
+    def send_group(self, name: str, text: str, attachment: Attachment | None = None) -> Sent:
         """Sends ``text`` to the group: one sender-key ciphertext for all member devices.
+
+        With ``attachment`` the message is a ``file`` frame (see :meth:`send_direct`).
 
         The sender key is distributed first when this device has not done so for the
         group's current membership (rotated if a member device went away).
@@ -858,7 +903,7 @@ class Client:
         """
         group_id = self._group_id(name)
         message_id = str(uuid.uuid4())
-        frame = encode_frame("text", text=text, **{"from": self.username})
+        frame = self._content_frame(text, attachment)
         with self._state.use() as dev:
             request_group = M.GetGroupRequest(group_id=group_id)
             group = self._messaging(
@@ -970,7 +1015,7 @@ class Client:
                 if frame.get("group_name") and self._local.group(group_id) is None:
                     self._local.name_group(group_id, frame["group_name"])
                 ready.append((token, None))
-            elif kind == "text":
+            elif kind in ("text", "file"):
                 ready.append((token, self._message(d, sender, frame, is_group)))
             else:
                 ready.append((token, None))
@@ -986,7 +1031,7 @@ class Client:
         return ready
 
     def _message(
-        self, d: M.MessageDelivery, sender: DeviceAddress, frame: dict[str, str], is_group: bool
+        self, d: M.MessageDelivery, sender: DeviceAddress, frame: dict[str, Any], is_group: bool
     ) -> Message:
         name = self._display_name(sender.user_id)
         outgoing = sender.user_id == self.account_id
@@ -998,6 +1043,13 @@ class Client:
             group_id = ""
             peer = d.conversation.peer_account_id or sender.user_id
             conversation = self._display_name(peer)
+        attachment: Attachment | None = None
+        attachment_error = ""
+        if frame.get("type") == "file":
+            try:
+                attachment = Attachment.from_record(frame.get("attachment"))
+            except AttachmentError as err:
+                attachment_error = str(err)
         return Message(
             id=d.message_id,
             sender=name,
@@ -1008,6 +1060,8 @@ class Client:
             group_id=group_id,
             server_time=_stamp(d.server_time, d.HasField("server_time")),
             outgoing=outgoing,
+            attachment=attachment,
+            attachment_error=attachment_error,
         )
 
     def listen(

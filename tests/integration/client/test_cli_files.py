@@ -1,0 +1,248 @@
+"""``conclave send-file`` and the saving ``listen`` end to end, on the real stack.
+
+Every command is a separate CLI process with its own ``CONCLAVE_HOME`` (as in
+test_cli_messaging.py). A file must arrive byte for byte on every device it is meant for,
+in ``$CONCLAVE_HOME/downloads/`` under a safe name that never replaces another file, while
+the media server holds ciphertext only. An interrupted upload (the state a killed
+``send-file`` leaves behind) resumes from the server's last stored chunk.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conclave.media.v1 import media_pb2, media_pb2_grpc
+from conclave_client.files import (
+    Attachment,
+    AttachmentError,
+    UploadStore,
+    encrypt_file,
+    safe_filename,
+)
+
+from tests.integration.client.test_cli_messaging import Device
+from tests.integration.stack.conftest import RunningStack
+
+pytestmark = pytest.mark.integration
+
+
+def distinctive(size: int, marker: bytes) -> bytes:
+    """Random bytes with ``marker`` planted at the start, middle and end."""
+    data = bytearray(secrets.token_bytes(size))
+    for at in (0, size // 2, size - len(marker)):
+        data[at : at + len(marker)] = marker
+    return bytes(data)
+
+
+def windows(data: bytes, width: int = 48) -> list[bytes]:
+    """A few distinctive slices of ``data`` (start, quarters, end)."""
+    return [data[at : at + width] for at in (0, len(data) // 4, len(data) // 2, len(data) - width)]
+
+
+def media_blob(stack: RunningStack, device: Device, media_id: str) -> bytes:
+    """The blob as the media server serves it, downloaded with ``device``'s session."""
+    token = device.credentials()["access_token"]
+    with grpc.insecure_channel(stack.grpc["media"]) as channel:
+        stub = media_pb2_grpc.MediaServiceStub(channel)
+        items = stub.Download(
+            media_pb2.DownloadRequest(media_id=media_id),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=30,
+        )
+        return b"".join(bytes(i.data) for i in items)
+
+
+def received_file(device: Device) -> tuple[dict[str, Any], bytes]:
+    """Runs ``listen --json --count 1``; returns the object and the saved file's bytes."""
+    (message,) = device.listen(1)
+    saved = Path(message["file"])
+    assert saved.parent == device.home / "downloads"
+    return message, saved.read_bytes()
+
+
+def test_send_file_direct_and_group_round_trip(stack: RunningStack, tmp_path: Path) -> None:
+    alice, bob, carol = (Device(stack, tmp_path / n) for n in ("alice", "bob", "carol"))
+    for user in (alice, bob, carol):
+        user.register()
+        user.login()
+
+    data = distinctive(300_000, b"CONCLAVE-FILE-MARKER-" + secrets.token_hex(8).encode())
+    source = tmp_path / "report.pdf"
+    source.write_bytes(data)
+
+    sent = alice.json("send-file", bob.username, str(source), "--text", "the report")
+    assert sent["to"] == bob.username and sent["devices"] == 1
+    assert sent["file"] == {
+        "name": "report.pdf",
+        "size": len(data),
+        "content_type": "application/pdf",
+    }
+    assert sent["ciphertext_bytes"] > len(data) and sent["resumed_from"] is None
+    assert list((alice.home / "uploads").iterdir()) == []  # nothing left once sent
+
+    message, saved = received_file(bob)
+    assert saved == data
+    assert message["file"] == str(bob.home / "downloads" / "report.pdf")
+    assert message["text"] == "the report" and message["from"] == alice.username
+    assert message["attachment"] == sent["file"]  # name, size, type: never the key
+    assert "key" not in json.dumps(message) and "pointer" not in json.dumps(message)
+
+    # The server's copy is ciphertext only: right size, none of the plaintext in it.
+    blob = media_blob(stack, bob, sent["media_id"])
+    assert len(blob) == sent["ciphertext_bytes"]
+    for window in windows(data):
+        assert window not in blob
+    assert base64.b64encode(data[:3000]) not in blob
+
+    # Same name again: saved next to the first, never over it.
+    alice.json("send-file", bob.username, str(source))
+    again, saved_again = received_file(bob)
+    assert saved_again == data
+    assert again["file"] == str(bob.home / "downloads" / "report (1).pdf")
+    assert (bob.home / "downloads" / "report.pdf").read_bytes() == data
+
+    # A hostile name cannot leave the downloads directory.
+    alice.json("send-file", bob.username, str(source), "--name", "../../../.bashrc")
+    hostile, _ = received_file(bob)
+    assert hostile["file"] == str(bob.home / "downloads" / "bashrc")
+    assert not (bob.home / ".bashrc").exists() and not (tmp_path / ".bashrc").exists()
+
+    # A group: one upload, one sender-key message, every member saves the same file.
+    alice.json("group", "create", "team", bob.username, carol.username)
+    photo = distinctive(70_000, b"GROUP-PHOTO-" + secrets.token_hex(6).encode())
+    (tmp_path / "photo.jpg").write_bytes(photo)
+    to_group = alice.json("send-file", "#team", str(tmp_path / "photo.jpg"))
+    assert to_group["file"]["content_type"] == "image/jpeg"
+    for member in (bob, carol):
+        got, content = received_file(member)
+        assert content == photo
+        assert got["conversation"] == "#team" and got["file"].endswith("/photo.jpg")
+    group_blob = media_blob(stack, carol, to_group["media_id"])
+    assert all(w not in group_blob for w in windows(photo))
+
+    for user in (alice, bob, carol):
+        user.nothing_left()
+
+    # Human output: one line naming the file; a missing file is a one-line error.
+    human = alice.ok("send-file", bob.username, str(tmp_path / "photo.jpg"))
+    assert human.startswith("Sent photo.jpg (70.0 kB") and human.count("\n") == 1
+    listened = bob.ok("listen", "--count", "1", "--timeout", "40")
+    assert f"[file] photo.jpg (70.0 kB) saved as {bob.home / 'downloads' / 'photo (1).jpg'}" in (
+        listened
+    )
+    missing = alice.run("send-file", bob.username, str(tmp_path / "nope.bin"))
+    assert missing.returncode == 1
+    assert missing.stderr == f"conclave: error: {tmp_path / 'nope.bin'}: no such file\n"
+
+
+def test_interrupted_upload_resumes_from_the_last_stored_chunk(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    alice, bob = Device(stack, tmp_path / "alice"), Device(stack, tmp_path / "bob")
+    for user in (alice, bob):
+        user.register()
+        user.login()
+    data = distinctive(5 * 1024 * 1024 + 12345, b"RESUME-" + secrets.token_hex(6).encode())
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+
+    # What a send-file killed after two chunks leaves behind: the encrypted copy, its
+    # state, and a server upload holding the first 2 MiB.
+    store = UploadStore(alice.home)
+    upload = store.new(bob.username, source, "big.bin", "application/octet-stream")
+    pointer = encrypt_file(source, store.ciphertext(upload))
+    upload.pointer = base64.b64encode(pointer.encode()).decode()
+    ciphertext = store.ciphertext(upload).read_bytes()
+    upload.ciphertext_size = len(ciphertext)
+    token = alice.credentials()["access_token"]
+    metadata = (("authorization", f"Bearer {token}"),)
+    chunk = 1024 * 1024
+    with grpc.insecure_channel(stack.grpc["media"]) as channel:
+        stub = media_pb2_grpc.MediaServiceStub(channel)
+        created = stub.CreateUpload(
+            media_pb2.CreateUploadRequest(
+                size_bytes=len(ciphertext), chunk_size_bytes=chunk, ciphertext_sha256=pointer.digest
+            ),
+            metadata=metadata,
+            timeout=10,
+        )
+        first_two = (
+            media_pb2.UploadChunksRequest(
+                media_id=created.media_id,
+                offset=i * chunk,
+                data=ciphertext[i * chunk : (i + 1) * chunk],
+            )
+            for i in range(2)
+        )
+        partial = stub.UploadChunks(first_two, metadata=metadata, timeout=30)
+        assert partial.next_offset == 2 * chunk and not partial.complete
+    upload.media_id = created.media_id
+    store.save(upload)
+
+    resumed = alice.json("send-file", bob.username, str(source), "--resume")
+    assert resumed["resumed_from"] == 2 * chunk
+    assert resumed["media_id"] == created.media_id
+    _, content = received_file(bob)
+    assert hashlib.sha256(content).digest() == hashlib.sha256(data).digest()
+
+    # Nothing left to resume now.
+    again = alice.run("send-file", bob.username, str(source), "--resume")
+    assert again.returncode == 1
+    assert again.stderr.startswith("conclave: error: no interrupted send of ")
+
+
+def test_a_failed_download_is_one_line_and_listen_goes_on(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    alice, bob = Device(stack, tmp_path / "alice"), Device(stack, tmp_path / "bob")
+    for user in (alice, bob):
+        user.register()
+        user.login()
+    (tmp_path / "gone.txt").write_bytes(b"soon deleted " * 100)
+    sent = alice.json("send-file", bob.username, str(tmp_path / "gone.txt"))
+    token = alice.credentials()["access_token"]
+    with grpc.insecure_channel(stack.grpc["media"]) as channel:
+        media_pb2_grpc.MediaServiceStub(channel).DeleteMedia(
+            media_pb2.DeleteMediaRequest(media_id=sent["media_id"]),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=10,
+        )
+    alice.json("send", bob.username, "after the file")
+    done = bob.run("listen", "--json", "--count", "2", "--timeout", "40")
+    assert done.returncode == 0, done.stderr
+    first, second = (json.loads(line) for line in done.stdout.splitlines())
+    assert first["file"] is None and first["file_error"] == "media not found"
+    assert (
+        done.stderr
+        == f"conclave: error: message {first['id']}: gone.txt not saved: media not found\n"
+    )
+    assert second["text"] == "after the file" and "file" not in second
+    downloads = bob.home / "downloads"
+    assert not downloads.exists() or list(downloads.iterdir()) == []  # no partial file left
+
+
+def test_safe_filename_and_record_parsing() -> None:
+    assert safe_filename("../../etc/passwd") == "passwd"
+    assert safe_filename("..\\..\\boot.ini") == "boot.ini"
+    assert safe_filename(".hidden") == "hidden"
+    assert safe_filename("..") == "file"
+    assert safe_filename("a\x00b\nc\u202etxt.exe") == "abctxt.exe"
+    assert safe_filename("") == "file"
+    long = safe_filename("x" * 500 + ".tar")
+    assert long.endswith(".tar") and len(long.encode()) <= 200
+    assert safe_filename("ünïcödé résumé.pdf") == "ünïcödé résumé.pdf"
+    with pytest.raises(AttachmentError):
+        Attachment.from_record({"v": 2, "media_id": "x"})
+    with pytest.raises(AttachmentError):
+        Attachment.from_record(
+            {"v": 1, "media_id": "x", "pointer": "!!", "name": "a", "content_type": ""}
+        )
+    with pytest.raises(AttachmentError):
+        Attachment.from_record("not an object")
