@@ -1,9 +1,10 @@
-"""Authorization of every RetentionService RPC built so far: no token, a forged token and
-a revoked session are UNAUTHENTICATED; the RPCs not built yet say so (UNIMPLEMENTED)."""
+"""Authorization of every RetentionService RPC: no token, a forged token and a revoked
+session are UNAUTHENTICATED; each RPC checks the auth mode its contract declares."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -67,15 +68,49 @@ async def test_every_built_rpc_needs_a_live_session(retention: RetentionHarness)
     assert read.effective.media_ttl_source == R.POLICY_SOURCE_ACCOUNT
 
 
-async def test_rpcs_not_built_yet_say_so(retention: RetentionHarness) -> None:
-    """Purge, export, deletion and erasure status answer UNIMPLEMENTED naming what is
-    missing (after the auth check of their declared mode)."""
-    pending = {m.name for m in RETENTION.methods} - set(BUILT)
-    assert pending == {"RunPurge", "ExportMyData", "DeleteAccount", "GetErasureStatus"}
+async def test_every_rpc_is_built_and_checks_its_auth_mode(retention: RetentionHarness) -> None:
+    """No RPC answers UNIMPLEMENTED any more; the operator, fresh and session RPCs refuse a
+    missing token, GetErasureStatus (NONE) needs none."""
+    alice = User()
+    calls = {
+        "RunPurge": lambda md: retention.stub.RunPurge(
+            R.RunPurgeRequest(kinds=[0]), metadata=md, timeout=5
+        ),
+        "DeleteAccount": lambda md: retention.stub.DeleteAccount(
+            R.DeleteAccountRequest(), metadata=md, timeout=5
+        ),
+    }
+    for name, call in calls.items():
+        assert await _code(call(())) == grpc.StatusCode.UNAUTHENTICATED, name
+    # A session token: RunPurge needs the operator role; DeleteAccount validates fields.
+    assert await _code(calls["RunPurge"](retention.auth(alice))) == (
+        grpc.StatusCode.PERMISSION_DENIED
+    )
+    assert await _code(calls["DeleteAccount"](retention.auth(alice))) == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await retention.stub.GetErasureStatus(R.GetErasureStatusRequest(erasure_id="x"))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "issue #7" in (err.value.details() or "")
+        await retention.stub.GetErasureStatus(R.GetErasureStatusRequest(erasure_id="A" * 43))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    export = retention.stub.ExportMyData(R.ExportMyDataRequest(), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _chunk in export:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert {m.name for m in RETENTION.methods} == set(BUILT) | {
+        "RunPurge",
+        "ExportMyData",
+        "DeleteAccount",
+        "GetErasureStatus",
+    }
+
+
+async def _code(call: Any) -> grpc.StatusCode:
+    try:
+        await call
+    except grpc.aio.AioRpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
 
 
 async def test_odd_token_ids_are_rejected_not_internal(retention: RetentionHarness) -> None:

@@ -17,10 +17,18 @@ Variables: ``CONCLAVE_RETENTION_<FIELD>_SECONDS`` (default), ``…_MIN_SECONDS``
 messaging streams' and media bucket's 30-day age limits), so a policy never promises
 longer storage than the deployment provides. The disappearing timer's bounds must lie
 within 30 s … 4 weeks (the contract); its default is 0 (off) or within the bounds.
+
+Peers (``RunPurge`` and ``ExportMyData`` call ``AccountDataService`` on every server;
+``DeleteAccount`` calls ``AuthService``): ``CONCLAVE_RETENTION_PEER_AUTH``, ``…_KEYS``,
+``…_MESSAGING``, ``…_MEDIA``, each a gRPC target (``host:port`` or
+``dns:///host:port``), defaulting to the dev ports on 127.0.0.1. Retention serves its
+own share in-process. ``CONCLAVE_RETENTION_EXPORT_INTERVAL_SECONDS`` (default 3600)
+is the time an account waits between two exports.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -67,15 +75,33 @@ DEFAULTS = {
 }
 
 
+PEERS = ("auth", "keys", "messaging", "media")  # retention itself is served in-process
+DEFAULT_PEERS = {
+    "auth": "127.0.0.1:50051",
+    "keys": "127.0.0.1:50052",
+    "messaging": "127.0.0.1:50053",
+    "media": "127.0.0.1:50054",
+}
+_TARGET = re.compile(r"^(dns:///)?[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}$")
+
+
 @dataclass(frozen=True)
 class RetentionConfig:
     """Retention-service settings.
 
     Attributes:
         bounds: Default, minimum and maximum per policy field (keys: :data:`FIELDS`).
+        peers: gRPC target of each other server (keys: :data:`PEERS`).
+        export_interval_seconds: One export per account per this many seconds.
+        erasure_settle_seconds: How long after the last server reported an erasure
+            complete the events stream is scrubbed: long enough for outbox relays (1 s
+            polls) to publish events the servers wrote while erasing.
     """
 
     bounds: Mapping[str, FieldBounds] = field(default_factory=lambda: dict(DEFAULTS))
+    peers: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PEERS))
+    export_interval_seconds: float = 3600.0
+    erasure_settle_seconds: float = 2.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> RetentionConfig:
@@ -107,4 +133,14 @@ class RetentionConfig:
                     + (" or be 0 (off)" if base.zero_means_off else "")
                 )
             bounds[name] = FieldBounds(name, default, minimum, maximum, base.zero_means_off)
-        return cls(bounds=bounds)
+        peers: dict[str, str] = {}
+        for peer in PEERS:
+            variable = f"CONCLAVE_RETENTION_PEER_{peer.upper()}"
+            target = env.text(variable, DEFAULT_PEERS[peer])
+            if not _TARGET.match(target):
+                raise ConfigError(
+                    f"{variable}: expected host:port (or dns:///host:port), got {target!r}"
+                )
+            peers[peer] = target
+        interval = env.seconds("CONCLAVE_RETENTION_EXPORT_INTERVAL_SECONDS", 3600.0, minimum=1.0)
+        return cls(bounds=bounds, peers=peers, export_interval_seconds=interval)

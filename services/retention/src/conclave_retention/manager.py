@@ -142,6 +142,25 @@ class RetentionManager:
             level = await store.conversation_policy(conn, conv.key)
         return resolve(self._cfg.bounds, account, level).to_proto()
 
+    async def resolve_for(
+        self, account_id: str, ref: types_pb2.ConversationRef | None
+    ) -> R.EffectivePolicy:
+        """The policy in force for ``account_id``'s data, without a membership check.
+
+        For other servers (``conclave.internal.retention.policy``), which have already
+        authorised their caller. One database round trip.
+
+        Raises:
+            InvalidArgument: A malformed account id or conversation.
+        """
+        account_id = _check_uuid(account_id, "account_id")
+        conv = None if ref is None else conversation_of(account_id, ref)
+        async with self._pool.acquire() as conn:
+            account, level = await store.policies_for(
+                conn, account_id, None if conv is None else conv.key
+            )
+        return resolve(self._cfg.bounds, account, level).to_proto()
+
     async def set_account(self, claims: Claims, policy: R.RetentionPolicy) -> R.EffectivePolicy:
         """Replaces the caller's account level."""
         account_id = caller_account(claims)

@@ -1,33 +1,52 @@
 """gRPC layer of the retention service: thin, translating requests to the domain and back.
 
-RPCs not defined here answer ``UNIMPLEMENTED`` naming what is missing (see
-:func:`conclave_kit.pending.add_service`); each arrives with its capability's issue.
+Every RPC of the contract is implemented; :data:`PENDING` is what
+:func:`conclave_kit.pending.add_service` would name for one that is not.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from conclave.retention.v1 import retention_pb2 as R
+from conclave.retention.v1 import retention_pb2_grpc
 from conclave_kit.auth import current_claims
 from conclave_kit.errors import InvalidArgument, Unavailable
 
-from conclave_retention.manager import RetentionManager
+from conclave_retention.erasure import ErasureManager
+from conclave_retention.manager import RetentionManager, caller_account
+from conclave_retention.operations import Operations, budget
+from conclave_retention.peers import bearer_metadata
 
-PENDING = "purge runs, GDPR export and account erasure (issue #7, not built yet)"
+PENDING = "nothing (every RetentionService RPC is built)"
 
 
-class RetentionServiceServicer:
-    """Implements conclave.retention.v1.RetentionService (manager set once connected)."""
+class RetentionServiceServicer(retention_pb2_grpc.RetentionServiceServicer):
+    """Implements conclave.retention.v1.RetentionService (managers set once connected)."""
 
     def __init__(self) -> None:
         self.manager: RetentionManager | None = None
+        self.operations: Operations | None = None
+        self.erasure: ErasureManager | None = None
 
     @property
     def _m(self) -> RetentionManager:
         if self.manager is None:
             raise Unavailable("retention is starting")
         return self.manager
+
+    @property
+    def _ops(self) -> Operations:
+        if self.operations is None:
+            raise Unavailable("retention is starting")
+        return self.operations
+
+    @property
+    def _erasure(self) -> ErasureManager:
+        if self.erasure is None:
+            raise Unavailable("retention is starting")
+        return self.erasure
 
     async def GetDeploymentPolicy(
         self, request: R.GetDeploymentPolicyRequest, context: Any
@@ -61,3 +80,34 @@ class RetentionServiceServicer:
             current_claims(), request.conversation, request.policy
         )
         return R.SetConversationPolicyResponse(effective=effective)
+
+    async def RunPurge(self, request: R.RunPurgeRequest, context: Any) -> R.RunPurgeResponse:
+        """See retention.proto (operator only, enforced by the auth mode)."""
+        current_claims()
+        return await self._ops.run_purge(
+            [int(k) for k in request.kinds], bearer_metadata(context), budget(context)
+        )
+
+    async def ExportMyData(
+        self, request: R.ExportMyDataRequest, context: Any
+    ) -> AsyncIterator[R.ExportMyDataResponse]:
+        """See retention.proto: all sections are collected before the first chunk."""
+        claims = current_claims()
+        caller_account(claims)
+        chunks = await self._ops.export(claims, bearer_metadata(context), budget(context))
+        for chunk in chunks:
+            yield R.ExportMyDataResponse(json_chunk=chunk)
+
+    async def DeleteAccount(
+        self, request: R.DeleteAccountRequest, context: Any
+    ) -> R.DeleteAccountResponse:
+        """See retention.proto."""
+        claims = current_claims()
+        caller_account(claims)
+        return await self._erasure.delete_account(claims, bearer_metadata(context), request)
+
+    async def GetErasureStatus(
+        self, request: R.GetErasureStatusRequest, context: Any
+    ) -> R.GetErasureStatusResponse:
+        """See retention.proto (no token: the erasure id is the credential)."""
+        return await self._erasure.status(request.erasure_id)

@@ -26,6 +26,33 @@ def _level(row: asyncpg.Record | None) -> dict[str, int] | None:
     }
 
 
+def level_columns(row: asyncpg.Record) -> dict[str, int | None]:
+    """Every policy field of a row in seconds, None where it inherits (exports)."""
+    present = set(row.keys())
+    return {
+        f"{name}_seconds": None if row[column] is None else int(row[column])
+        for name, column in _COLUMNS.items()
+        if column in present
+    }
+
+
+async def policies_for(
+    conn: Connection, account_id: str, conversation_key: str | None
+) -> tuple[dict[str, int] | None, dict[str, int] | None]:
+    """The account's level and a conversation's level, in one round trip."""
+    rows = await conn.fetch(
+        "SELECT 'a' AS level, undelivered_message_ttl_seconds, disappearing_timer_seconds, "
+        "media_ttl_seconds, audit_log_ttl_seconds FROM account_policies WHERE account_id = $1 "
+        "UNION ALL SELECT 'c', undelivered_message_ttl_seconds, disappearing_timer_seconds, "
+        "media_ttl_seconds, NULL FROM conversation_policies WHERE conversation_key = $2",
+        account_id,
+        conversation_key,
+    )
+    account = next((_level(r) for r in rows if r["level"] == "a"), None)
+    conversation = next((_level(r) for r in rows if r["level"] == "c"), None)
+    return account, conversation
+
+
 async def account_policy(conn: Connection, account_id: str) -> dict[str, int] | None:
     """The account's level, or None when it never set one."""
     row = await conn.fetchrow("SELECT * FROM account_policies WHERE account_id = $1", account_id)

@@ -1,0 +1,102 @@
+"""Scrubbing CONCLAVE_EVENTS of erased accounts.
+
+After every server reported an erasure complete, no stream message may still name the
+account: its ``account.deleted`` and ``erasure.completed`` events, its sessions'
+``session.revoked``, its ``audit.recorded``, membership changes naming it, policy changes
+naming it as a peer. JetStream cannot search by content, so the scrub reads the whole
+stream once (an ephemeral pull consumer, no acks, in-memory state) and deletes each message
+whose payload or headers contain the account id as text (the canonical lower-case UUID, and
+its upper-case form) with JetStream's secure delete (the stored bytes are overwritten).
+
+Cost: one read of the stream, i.e. at most 7 days of events (its age limit); one scan
+serves every erasure due at that moment. Deleting is one request per matching message.
+
+Why deleting is safe: every consumer that acts on these events is one of the five
+servers, and each had processed the account's events before it reported its erasure
+complete (a server's erase runs after the ``account.deleted`` event, and what it erased
+covers whatever the earlier events would have done). Retention scrubs only after all
+five reported, plus a settle time for events the servers' outbox relays publish while
+erasing, so nothing still needs a deleted message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+from conclave_kit.logs import get_logger
+from conclave_kit.nats_bus import EVENTS_STREAM, EVENTS_SUBJECTS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
+from nats.js.errors import FetchTimeoutError, NotFoundError
+
+_BATCH = 1000
+_log = get_logger("conclave.retention.scrub")
+
+
+def _needles(account_ids: Sequence[str]) -> list[bytes]:
+    needles: list[bytes] = []
+    for account in account_ids:
+        needles += [account.lower().encode(), account.upper().encode()]
+    return needles
+
+
+def _names_account(msg: Msg, needles: Sequence[bytes]) -> bool:
+    if any(needle in msg.data for needle in needles):
+        return True
+    for value in (msg.headers or {}).values():
+        raw = value.encode()
+        if any(needle in raw for needle in needles):
+            return True
+    return False
+
+
+async def scrub_events(js: JetStreamContext, account_ids: Sequence[str]) -> tuple[int, int]:
+    """Deletes every CONCLAVE_EVENTS message naming one of ``account_ids``.
+
+    Reads up to the stream's last message at the time the scan catches up (messages
+    published meanwhile are read too).
+
+    Returns:
+        (messages scanned, messages deleted).
+    """
+    needles = _needles(account_ids)
+    info = await js.stream_info(EVENTS_STREAM)
+    if not needles or info.state.messages == 0:
+        return 0, 0
+    sub = await js.pull_subscribe(
+        EVENTS_SUBJECTS[0],
+        stream=EVENTS_STREAM,
+        config=api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=60.0,  # gone by itself should we crash mid-scan
+            mem_storage=True,
+            num_replicas=1,
+        ),
+    )
+    consumer = (await sub.consumer_info()).name
+    scanned = deleted = 0
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(_BATCH, timeout=1.0)
+            except FetchTimeoutError:
+                batch = []
+            for msg in batch:
+                scanned += 1
+                if _names_account(msg, needles):
+                    with contextlib.suppress(NotFoundError):  # deleted meanwhile
+                        await js.delete_msg(EVENTS_STREAM, msg.metadata.sequence.stream)
+                    deleted += 1
+            # Done once the consumer has nothing left: that includes messages published
+            # while the scan ran (the consumer keeps following the stream).
+            if len(batch) < _BATCH and (await sub.consumer_info()).num_pending == 0:
+                break
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await js.delete_consumer(EVENTS_STREAM, consumer)
+    _log.info("events_scrubbed", scanned=scanned, deleted=deleted)
+    return scanned, deleted
