@@ -13,6 +13,7 @@ from conclave.common.v1 import types_pb2
 from conclave.common.v1.account_data_pb2_grpc import AccountDataServiceStub
 from conclave.events.v1 import events_pb2
 from conclave_auth.account_data import AuthAccountData
+from conclave_auth.policies import POLICY_CHANGED
 from conclave_kit.account_data import ACCOUNT_DELETED, ERASURE_COMPLETED, PurgeScheduler
 from conclave_kit.nats_bus import EVENTS_STREAM
 from conclave_kit.tokens import TokenSigner
@@ -135,3 +136,45 @@ async def test_purge_expired_rejects_unspecified_kind_and_needs_a_token(
             D.PurgeExpiredRequest(kinds=[D.PURGE_KIND_UNSPECIFIED]), metadata=bearer(token)
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_account_audit_ttl_follows_the_retention_policy(auth: AuthHarness) -> None:
+    """An account policy's audit_log_ttl (conclave.events.retention.policy_changed) decides
+    when that account's audit entries are purged; other accounts keep the deployment TTL."""
+    short_name, default_name = unique("sam"), unique("dana")
+    short = await auth.user(short_name)
+    await auth.user(default_name)
+    short_id = (
+        await auth.stub.GetAccount(A.GetAccountRequest(), metadata=bearer(short))
+    ).account_id
+    event = events_pb2.RetentionPolicyChanged(event_id=str(uuid.uuid4()), account_id=short_id)
+    event.policy.audit_log_ttl.FromSeconds(2 * 86400)
+    nc = NatsClient()
+    await nc.connect(auth.runtime.config.nats_urls[0])
+    await nc.jetstream().publish(POLICY_CHANGED, event.SerializeToString(), stream=EVENTS_STREAM)
+    await nc.close()
+    pool = auth.runtime.resources.pool
+    for _ in range(100):
+        ttl = await pool.fetchval(
+            "SELECT audit_log_ttl_seconds FROM accounts WHERE account_id = $1",
+            uuid.UUID(short_id),
+        )
+        if ttl is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert ttl == 2 * 86400
+
+    auth.clock.advance(3 * 86400)
+    provider = auth.runtime.spec.account_data.provider  # type: ignore[union-attr]
+    assert provider is not None
+    await provider.purge(frozenset({D.PURGE_KIND_AUDIT_EVENTS}))
+    counts = {
+        name: await pool.fetchval(
+            "SELECT count(*) FROM audit_events e JOIN accounts a USING (account_id) "
+            "WHERE a.username = $1",
+            name,
+        )
+        for name in (short_name, default_name)
+    }
+    assert counts[short_name] == 0
+    assert counts[default_name] >= 1

@@ -9,7 +9,7 @@ Purge deletes what has outlived its purpose; it is safe on several replicas at o
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from conclave.auth.v1 import auth_pb2 as A
@@ -56,6 +56,7 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
             "totp": {"enrolled": True, "confirmed_at": _iso(account["totp_confirmed_at"])},
             "recovery_codes_remaining": remaining,
             "device_approval_required": account["device_approval_required"],
+            "audit_log_ttl_seconds": account["audit_log_ttl_seconds"],
         },
         "devices": [
             {
@@ -113,9 +114,14 @@ async def purge(
         )
         counts[D.PURGE_KIND_UNCONFIRMED_ACCOUNTS] = int(result.rsplit(" ", 1)[-1])
     if D.PURGE_KIND_AUDIT_EVENTS in wanted:
+        # The account's policy TTL when it set one (conclave_auth.policies), else the
+        # deployment's.
         result = await pool.execute(
-            "DELETE FROM audit_events WHERE occurred_at < $1",
-            now - timedelta(seconds=audit_ttl_seconds),
+            "DELETE FROM audit_events e USING accounts a WHERE e.account_id = a.account_id "
+            "AND e.occurred_at < $1::timestamptz - make_interval(secs => "
+            "coalesce(a.audit_log_ttl_seconds, $2::float8))",
+            now,
+            float(audit_ttl_seconds),
         )
         counts[D.PURGE_KIND_AUDIT_EVENTS] = int(result.rsplit(" ", 1)[-1])
     if D.PURGE_KIND_BOOKKEEPING in wanted:
@@ -160,8 +166,12 @@ class AuthAccountData:
             unconfirmed = await conn.fetchval(
                 "SELECT min(enrollment_expires_at) FROM accounts WHERE totp_confirmed_at IS NULL"
             )
-            audit = await conn.fetchval("SELECT min(occurred_at) FROM audit_events")
-        audit_due = None if audit is None else audit + timedelta(seconds=self._audit_ttl)
+            audit_due = await conn.fetchval(
+                "SELECT min(e.occurred_at + make_interval(secs => "
+                "coalesce(a.audit_log_ttl_seconds, $1::float8))) "
+                "FROM audit_events e JOIN accounts a USING (account_id)",
+                float(self._audit_ttl),
+            )
         return {
             D.PURGE_KIND_SESSIONS: _overdue(now, session),
             D.PURGE_KIND_UNCONFIRMED_ACCOUNTS: _overdue(now, unconfirmed),

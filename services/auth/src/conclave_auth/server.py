@@ -12,6 +12,7 @@ from conclave_kit.runtime import Resources, ServiceSpec
 from conclave_auth.account_data import AuthAccountData
 from conclave_auth.config import AuthConfig
 from conclave_auth.manager import AuthManager, Clock
+from conclave_auth.policies import consume_policy_changes
 from conclave_auth.service import PENDING, AuthServiceServicer
 
 DESCRIPTOR = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
@@ -44,6 +45,6 @@ def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
         register=register,
         default_grpc_port=50051,
         default_metrics_port=9101,
-        extra_setup=(connect,),
+        extra_setup=(connect, consume_policy_changes),
         account_data=account_data,
     )
