@@ -1012,7 +1012,9 @@ class Client:
                     self._fail(d.message_id, "bad sender key")
                     return [(token, None)]
                 self._state.save(addresses=[], groups=[group_id])
-                if frame.get("group_name") and self._local.group(group_id) is None:
+                known = self._local.group(group_id)
+                # A group first addressed by its id has a row without a name: name it too.
+                if frame.get("group_name") and (known is None or not known.name):
                     self._local.name_group(group_id, frame["group_name"])
                 ready.append((token, None))
             elif kind in ("text", "file"):
