@@ -266,8 +266,41 @@ def build() -> Dashboard:
                 "Purge lag",
                 "s",
                 [("max by (data) (conclave_retention_purge_lag_seconds)", "{{data}}")],
-                (0, 40, 24, 8),
-                "Age of the oldest expired item not yet purged (alert above 1 h).",
+                (0, 40, 8, 8),
+                "How overdue the oldest expired item still stored is (alert above 1 h).",
+            )
+        )
+        .with_panel(
+            _series(
+                "Items purged",
+                "ops",
+                [
+                    (
+                        f"sum by (data) (rate(conclave_retention_purged_items_total[{RATE}]))",
+                        "{{data}}",
+                    )
+                ],
+                (8, 40, 8, 8),
+                "Expired items deleted per second by scheduled and on-demand purges.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Purge runs and erasures",
+                "ops",
+                [
+                    (
+                        "sum by (trigger, outcome) "
+                        f"(rate(conclave_retention_purge_runs_total[{RATE}]))",
+                        "purge {{trigger}} {{outcome}}",
+                    ),
+                    (
+                        f"sum by (outcome) (rate(conclave_retention_erasures_total[{RATE}]))",
+                        "erasure {{outcome}}",
+                    ),
+                ],
+                (16, 40, 8, 8),
+                "Purge runs of every service, and account.deleted events handled.",
             )
         )
         # ---- resources ------------------------------------------------------------------
