@@ -33,28 +33,62 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any]:
-    """The auth section of a GDPR export for ``account_id``."""
+    """The auth section of a GDPR export for ``account_id``.
+
+    Every field docs/data-map.md lists for the auth schema appears for the account; a
+    secret (password hash, TOTP secrets, token and code hashes) appears only as the fact
+    that it is set and its dates.
+    """
     pool = manager.pool
     key = uuid.UUID(account_id)
     async with pool.acquire() as conn:
         account = await store.account_by_id(conn, account_id)
         assert account is not None
-        devices = await conn.fetch("SELECT * FROM devices WHERE account_id = $1", key)
+        devices = await conn.fetch(
+            "SELECT * FROM devices WHERE account_id = $1 ORDER BY created_at", key
+        )
         sessions = await conn.fetch(
             "SELECT * FROM sessions WHERE account_id = $1 ORDER BY created_at", key
+        )
+        tokens = await conn.fetch(
+            "SELECT t.session_id, t.issued_at, t.used_at FROM refresh_tokens t "
+            "JOIN sessions s USING (session_id) WHERE s.account_id = $1 ORDER BY t.issued_at",
+            key,
+        )
+        codes = await conn.fetch(
+            "SELECT used_at FROM recovery_codes WHERE account_id = $1 ORDER BY used_at", key
         )
         audit = await conn.fetch(
             "SELECT * FROM audit_events WHERE account_id = $1 ORDER BY occurred_at", key
         )
-        remaining = await store.recovery_codes_remaining(conn, account_id)
+        buckets = await conn.fetch(
+            "SELECT bucket, tokens, updated_at FROM rate_limit_buckets "
+            "WHERE bucket LIKE '%:' || $1 ORDER BY bucket",
+            account_id,
+        )
+    tokens_by_session: dict[str, list[dict[str, Any]]] = {}
+    for t in tokens:
+        tokens_by_session.setdefault(str(t["session_id"]), []).append(
+            {"issued_at": _iso(t["issued_at"]), "used_at": _iso(t["used_at"])}
+        )
     return {
         "account": {
             "account_id": account_id,
             "username": account["username"],
             "created_at": _iso(account["created_at"]),
             "password": {"set": True, "changed_at": _iso(account["password_changed_at"])},
-            "totp": {"enrolled": True, "confirmed_at": _iso(account["totp_confirmed_at"])},
-            "recovery_codes_remaining": remaining,
+            "totp": {
+                "enrolled": True,
+                "confirmed_at": _iso(account["totp_confirmed_at"]),
+                "last_used_time_step": account["totp_last_step"],
+                "change_pending": account["pending_totp_secret"] is not None,
+                "change_expires_at": _iso(account["pending_totp_expires_at"]),
+            },
+            "enrollment": {
+                "token_outstanding": account["enrollment_token_hash"] is not None,
+                "expires_at": _iso(account["enrollment_expires_at"]),
+            },
+            "recovery_codes": [{"used_at": _iso(c["used_at"])} for c in codes],
             "device_approval_required": account["device_approval_required"],
             "audit_log_ttl_seconds": account["audit_log_ttl_seconds"],
         },
@@ -73,13 +107,16 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
             {
                 "session_id": str(s["session_id"]),
                 "device_id": str(s["device_id"]),
+                "auth_time": _iso(s["auth_time"]),
                 "created_at": _iso(s["created_at"]),
                 "last_used_at": _iso(s["last_used_at"]),
                 "absolute_expires_at": _iso(s["absolute_expires_at"]),
+                "access_expires_at": _iso(s["access_expires_at"]),
                 "ended_at": _iso(s["ended_at"]),
                 "end_reason": None
                 if s["end_reason"] is None
                 else A.SessionEndReason.Name(s["end_reason"]),
+                "refresh_tokens": tokens_by_session.get(str(s["session_id"]), []),
             }
             for s in sessions
         ],
@@ -94,6 +131,14 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
                 "detail": e["detail"],
             }
             for e in audit
+        ],
+        "rate_limit_buckets": [
+            {
+                "limit": b["bucket"].rsplit(":", 1)[0],
+                "tokens": b["tokens"],
+                "updated_at": _iso(b["updated_at"]),
+            }
+            for b in buckets
         ],
     }
 

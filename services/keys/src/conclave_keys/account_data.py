@@ -70,6 +70,12 @@ class KeysAccountData:
             leaves = await conn.fetch(
                 "SELECT * FROM kt_leaves WHERE account_id = $1 ORDER BY leaf_index", account
             )
+            # Buckets are keyed "<limit>:<account or device id>" (as erasure deletes them).
+            buckets = await conn.fetch(
+                "SELECT bucket, tokens, updated_at FROM rate_limit_buckets "
+                "WHERE split_part(bucket, ':', 2) = ANY($1::text[]) ORDER BY bucket",
+                [account, *(d["device_id"] for d in devices)],
+            )
         return {
             "devices": [
                 {
@@ -117,6 +123,14 @@ class KeysAccountData:
                     "timestamp_ms": leaf["timestamp_ms"],
                 }
                 for leaf in leaves
+            ],
+            "rate_limit_buckets": [
+                {
+                    "bucket": b["bucket"],
+                    "tokens": b["tokens"],
+                    "updated_at": _iso(b["updated_at"]),
+                }
+                for b in buckets
             ],
         }
 

@@ -54,6 +54,11 @@ class MediaAccountData:
             "SELECT * FROM blobs WHERE account_id = $1 ORDER BY created_at", claims.account_id
         )
         quota = await self._m.quota(claims.account_id)
+        buckets = await self._pool.fetch(
+            "SELECT bucket, tokens, updated_at FROM rate_limit_buckets "
+            "WHERE bucket LIKE '%:' || $1",
+            claims.account_id,
+        )
         return {
             "blobs": [
                 {
@@ -74,6 +79,14 @@ class MediaAccountData:
                 "limit_bytes": quota.limit_bytes,
                 "blob_count": quota.blob_count,
             },
+            "rate_limit_buckets": [
+                {
+                    "limit": b["bucket"].rsplit(":", 1)[0],
+                    "tokens": b["tokens"],
+                    "updated_at": _iso(b["updated_at"]),
+                }
+                for b in buckets
+            ],
         }
 
     async def purge(self, kinds: frozenset[int]) -> dict[int, int]:
