@@ -4,7 +4,6 @@ session are UNAUTHENTICATED; each RPC checks the auth mode its contract declares
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import grpc
 import pytest
@@ -72,21 +71,15 @@ async def test_every_rpc_is_built_and_checks_its_auth_mode(retention: RetentionH
     """No RPC answers UNIMPLEMENTED any more; the operator, fresh and session RPCs refuse a
     missing token, GetErasureStatus (NONE) needs none."""
     alice = User()
-    calls = {
-        "RunPurge": lambda md: retention.stub.RunPurge(
-            R.RunPurgeRequest(kinds=[0]), metadata=md, timeout=5
-        ),
-        "DeleteAccount": lambda md: retention.stub.DeleteAccount(
-            R.DeleteAccountRequest(), metadata=md, timeout=5
-        ),
-    }
-    for name, call in calls.items():
-        assert await _code(call(())) == grpc.StatusCode.UNAUTHENTICATED, name
+    purge = R.RunPurgeRequest(kinds=[0])  # type: ignore[list-item]
+    delete = R.DeleteAccountRequest()
+    assert await _unary(retention, "RunPurge", purge, ()) == grpc.StatusCode.UNAUTHENTICATED
+    assert await _unary(retention, "DeleteAccount", delete, ()) == (grpc.StatusCode.UNAUTHENTICATED)
     # A session token: RunPurge needs the operator role; DeleteAccount validates fields.
-    assert await _code(calls["RunPurge"](retention.auth(alice))) == (
+    assert await _unary(retention, "RunPurge", purge, retention.auth(alice)) == (
         grpc.StatusCode.PERMISSION_DENIED
     )
-    assert await _code(calls["DeleteAccount"](retention.auth(alice))) == (
+    assert await _unary(retention, "DeleteAccount", delete, retention.auth(alice)) == (
         grpc.StatusCode.INVALID_ARGUMENT
     )
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -103,14 +96,6 @@ async def test_every_rpc_is_built_and_checks_its_auth_mode(retention: RetentionH
         "DeleteAccount",
         "GetErasureStatus",
     }
-
-
-async def _code(call: Any) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
 
 
 async def test_odd_token_ids_are_rejected_not_internal(retention: RetentionHarness) -> None:
