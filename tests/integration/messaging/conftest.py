@@ -19,8 +19,12 @@ from conclave.messaging.v1 import messaging_pb2_grpc
 from conclave_kit.logs import configure_logging
 from conclave_kit.runtime import ServiceRuntime
 from conclave_kit.tokens import TokenSigner
+from conclave_messaging.account_data import MessagingAccountData
 from conclave_messaging.config import MessagingConfig
 from conclave_messaging.server import build_spec
+from conclave_messaging.service import MessagingServiceServicer
+
+from tests.support import MovableClock
 
 MAX_MEMBERS = 150
 
@@ -99,7 +103,15 @@ class MessagingHarness:
     stub: messaging_pb2_grpc.MessagingServiceAsyncStub
     signer: TokenSigner
     logs: io.StringIO
+    clock: MovableClock = field(default_factory=MovableClock)
+    servicer: MessagingServiceServicer = field(default_factory=MessagingServiceServicer)
     listeners: list[Listener] = field(default_factory=list)
+
+    @property
+    def provider(self) -> MessagingAccountData:
+        """The service's account-data provider (purge, export, erasure)."""
+        assert self.servicer.account_data is not None
+        return self.servicer.account_data
 
     def device(self, account_id: str | None = None) -> Device:
         """A new device (of a new account unless ``account_id`` is given)."""
@@ -159,15 +171,26 @@ async def messaging(
         # checked against the real directory in tests/integration/client.
         "CONCLAVE_MESSAGING_CHECK_DEVICES": "false",
         "CONCLAVE_MESSAGING_MAX_MEMBERS": str(MAX_MEMBERS),
+        # Tests run purges themselves (a scheduled one would race their counts).
+        "CONCLAVE_PURGE_INTERVAL_SECONDS": "0",
     }
     logs = io.StringIO()
     configure_logging("messaging", "info", stream=logs)
     config = MessagingConfig.from_env(env)
-    runtime = ServiceRuntime(build_spec(config), config.service)
+    clock, servicer = MovableClock(), MessagingServiceServicer()
+    # Only expiry follows the moved clock; tokens are checked against real time, so the
+    # devices' tokens stay valid when a test moves it by days.
+    runtime = ServiceRuntime(build_spec(config, clock=clock, servicer=servicer), config.service)
     await runtime.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc_port}")
     harness = MessagingHarness(
-        runtime, channel, messaging_pb2_grpc.MessagingServiceStub(channel), signer, logs
+        runtime,
+        channel,
+        messaging_pb2_grpc.MessagingServiceStub(channel),
+        signer,
+        logs,
+        clock,
+        servicer,
     )
     yield harness
     for listener in harness.listeners:

@@ -29,6 +29,9 @@ class MessagingConfig:
         message_ttl_seconds: How long an undelivered message is kept (stream ``max_age``).
         check_devices: Match 1:1 envelopes against the key directory's published devices
             (``device_mismatch`` outcome). Only tests of fan-out alone turn it off.
+        purge_concurrency: JetStream delete requests a purge keeps in flight.
+        purge_secure_erase: Overwrite purged messages in the JetStream store instead of
+            only dropping them (``no_erase`` false; slower, see docs/operations.md).
     """
 
     service: ServiceConfig
@@ -39,6 +42,8 @@ class MessagingConfig:
     dedup_window_seconds: float = 24 * 3600.0
     message_ttl_seconds: float = 30 * 24 * 3600.0
     check_devices: bool = True
+    purge_concurrency: int = 64
+    purge_secure_erase: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MessagingConfig:
@@ -63,4 +68,8 @@ class MessagingConfig:
                 "CONCLAVE_MESSAGING_MESSAGE_TTL_SECONDS", 30 * 24 * 3600.0, minimum=3600
             ),
             check_devices=env.flag("CONCLAVE_MESSAGING_CHECK_DEVICES", True),
+            purge_concurrency=env.integer(
+                "CONCLAVE_MESSAGING_PURGE_CONCURRENCY", 64, minimum=1, maximum=1024
+            ),
+            purge_secure_erase=env.flag("CONCLAVE_MESSAGING_PURGE_SECURE_ERASE", False),
         )

@@ -74,3 +74,15 @@ async def group_membership(
 def log_item(change: M.GroupMembershipChange) -> bytes:
     """The change as stored in the group's log (a token-less SubscribeResponse)."""
     return M.SubscribeResponse(membership_change=change).SerializeToString()
+
+
+def named_accounts(change: M.GroupMembershipChange) -> list[str]:
+    """Every account id a change names (account erasure deletes the items naming one)."""
+    names = [
+        change.actor_account_id,
+        *change.added_account_ids,
+        *change.removed_account_ids,
+        *change.promoted_account_ids,
+        *change.demoted_account_ids,
+    ]
+    return [a for a in dict.fromkeys(names) if a]

@@ -20,6 +20,10 @@ Membership changes (made on this process, or seen on ``conclave.events.group.mem
 from other replicas) are applied synchronously: a removed account's streams detach from
 the group before the next message is fanned out, and queued items of that group are
 dropped; an added account's streams attach and catch up from the join sequence.
+
+An item whose ``expire_time`` has passed (by the hub's clock, which tests move) is never
+pushed, live or from the backlog: the purge deletes it from the stream later (its
+interval bounds how long it stays stored), but no device receives it after its expiry.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from math import inf
 
 import asyncpg
 import grpc
 from conclave.auth.v1 import auth_pb2
+from conclave.common.v1 import types_pb2
 from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2 as M
 from conclave_kit.errors import ConclaveError, Unauthenticated, Unavailable
@@ -52,6 +58,7 @@ from conclave_messaging.metrics import (
     BACKLOG_ITEMS,
     CONNECTED_DEVICES,
     DELIVERIES,
+    EXPIRED_SKIPPED,
     LOCAL_FEEDS,
     REDELIVERIES,
     SEND_TO_PUSH_SECONDS,
@@ -83,6 +90,15 @@ class Push:
     seq: int
     item: M.SubscribeResponse  # as stored: a message or a membership change, no token
     size_class: str = "1"  # group size class for the latency metric (1 = 1:1)
+    expires: float = inf  # expire_time as Unix seconds (inf: none), decoded once per item
+
+
+def expiry_of(stored: M.SubscribeResponse) -> float:
+    """A stored item's ``expire_time`` as Unix seconds (inf when it has none)."""
+    if not stored.HasField("message") or not stored.message.HasField("expire_time"):
+        return inf
+    stamp = stored.message.expire_time
+    return stamp.seconds + stamp.nanos / 1e9
 
 
 @dataclass(frozen=True)
@@ -237,7 +253,7 @@ class Feed(_Subscribing):
             _log.warning("feed_message_malformed")
             return
         size = (msg.headers or {}).get(streams.SIZE_HEADER, "1")
-        push = Push(self.conversation, seq, stored, size)
+        push = Push(self.conversation, seq, stored, size, expiry_of(stored))
         # The sending device has the plaintext already; its other devices get a copy.
         sender = stored.message.sender.device_id
         queued = 0
@@ -268,9 +284,17 @@ class Hub:
         nats: The NATS connection (core subjects: stream take-over announcements).
         js: JetStream context.
         pool: Pool on the ``messaging`` schema (cursors, join sequences).
+        clock: Current time for expiry decisions (injectable: tests move it).
     """
 
-    def __init__(self, nats: NatsClient, js: JetStreamContext, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self,
+        nats: NatsClient,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._clock = clock
         self._nats = nats
         self._js = js
         self._process = uuid.uuid4().hex  # tells this process's announcements apart
@@ -384,6 +408,55 @@ class Hub:
                     Unauthenticated("session has been revoked"),
                     int(event.reason) or auth_pb2.SESSION_END_REASON_REVOKED,
                 )
+
+    def _expired(self, expires: float) -> bool:
+        if expires == inf or expires > self._clock().timestamp():
+            return False
+        EXPIRED_SKIPPED.inc()
+        return True
+
+    def on_account_erased(self, account_id: str) -> None:
+        """Ends this process's streams of an erased account.
+
+        Its sessions are revoked too; this does not wait for the revocation event.
+        """
+        for ds in list(self._by_account.get(account_id, ())):
+            ds.close(Unauthenticated("account deleted"))
+
+    def push_policy_change(
+        self, event: events_pb2.RetentionPolicyChanged, timer_seconds: float
+    ) -> int:
+        """Pushes a live ``policy_change`` to the participants' streams on this process.
+
+        Returns how many streams got it.
+
+        Every replica receives the event and pushes to its own streams, so each
+        connected participant device gets it once. Live only (no token): a device that
+        was offline reads the policy from RetentionService.
+        """
+        conversation = event.conversation
+        which = conversation.WhichOneof("conversation")
+        targets: list[tuple[DeviceStream, types_pb2.ConversationRef]] = []
+        if which == "group_id":
+            feed = self._feeds.get(streams.group_subject(conversation.group_id))
+            if feed is not None:
+                targets = [(ds, conversation) for ds in feed.listeners]
+        elif which == "peer_account_id":
+            # Each party names the conversation by the other one.
+            account, peer = event.account_id, conversation.peer_account_id
+            parties = {account: peer, peer: account}
+            for party, other in parties.items():
+                ref = types_pb2.ConversationRef(peer_account_id=other)
+                targets += [(ds, ref) for ds in self._by_account.get(party, ())]
+        for ds, ref in targets:
+            change = M.ConversationPolicyChange(
+                conversation=ref,
+                changed_by_account_id=event.account_id,
+                change_time=event.occur_time,
+            )
+            change.disappearing_message_timer.FromSeconds(int(timer_seconds))
+            ds.queue.put_nowait(Notice(M.SubscribeResponse(policy_change=change)))
+        return len(targets)
 
     async def on_membership(self, event: events_pb2.GroupMembership) -> None:
         """Applies a membership change to this process's streams (idempotent, ordered)."""
@@ -516,9 +589,14 @@ class Hub:
             stored = M.SubscribeResponse.FromString(data)
             if stored.message.sender.device_id == ds.who.device_id:
                 continue
+            expires = expiry_of(stored)
+            if self._expired(expires):
+                continue
             await _window(ds)
             if ds.closing is not None:
                 return
+            if self._expired(expires):  # the window may have waited long
+                continue
             if live:
                 _observe_latency(stored, "1")
             yield self._response(ds, Push(conversation, seq, stored))
@@ -570,9 +648,13 @@ class Hub:
                         or item.seq <= ds.sent.get(conversation, 0)
                     ):
                         continue
+                    if self._expired(item.expires):
+                        continue
                     await _window(ds)
                     if ds.closing is not None:
                         break
+                    if self._expired(item.expires):  # the window may have waited long
+                        continue
                     response = self._response(ds, item)
                     _observe_latency(item.item, item.size_class)
                     yield response

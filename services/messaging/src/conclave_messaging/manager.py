@@ -10,6 +10,11 @@ Invariants this module enforces (each has a test):
 * A group message is appended once to the group's log, whatever the group size; a member
   is never delivered messages stored before it joined (``members.join_seq``).
 * Sends are idempotent on (sender, message id) through JetStream's duplicate window.
+* Every stored item carries its expiry (``MessageDelivery.expire_time``: the
+  disappearing timer if set, else the undelivered-message TTL of the sender's effective
+  retention policy, never past the stream's ``max_age``) and has a row in
+  ``messaging.stored_messages`` naming every account id it carries in clear, so the purge
+  and account erasure can find it (module :mod:`conclave_messaging.stored`).
 * Ciphertext is never logged; only sizes and counts are.
 """
 
@@ -21,8 +26,8 @@ import binascii
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import nats.errors
@@ -48,9 +53,10 @@ from conclave_kit.validation import parse_uuid
 from nats.aio.client import Client as NatsClient
 from nats.js import api
 
-from conclave_messaging import events, store, streams
+from conclave_messaging import events, store, stored, streams
 from conclave_messaging.config import MessagingConfig
 from conclave_messaging.metrics import FANOUT_RECIPIENTS, MESSAGES_SENT, size_class
+from conclave_messaging.policy import Policy, PolicyResolver
 
 # Key directory request/reply (served by the keys service; see docs/api.md).
 IDENTITY_SUBJECT = "conclave.internal.keys.identity"
@@ -153,6 +159,8 @@ class MessagingManager:
         nats: NATS connection (JetStream message streams, mailbox doorbells).
         relay: Publishes queued membership events after commit.
         clock: Current time (injectable for tests).
+        policy: Resolves the retention policy of each send; None applies the messaging
+            defaults (stream TTL, no disappearing timer), as when retention is absent.
     """
 
     def __init__(
@@ -162,6 +170,7 @@ class MessagingManager:
         nats: NatsClient,
         relay: OutboxRelay,
         clock: Clock = lambda: datetime.now(UTC),
+        policy: PolicyResolver | None = None,
     ) -> None:
         self._cfg = config
         self._pool = pool
@@ -169,7 +178,23 @@ class MessagingManager:
         self._js = nats.jetstream()
         self._relay = relay
         self._clock = clock
+        self._policy = policy
         self._listeners: list[MembershipListener] = []
+
+    @property
+    def clock(self) -> Clock:
+        """The manager's clock (the account-data provider and the hub share it)."""
+        return self._clock
+
+    async def _expiry(
+        self, account_id: str, conversation: types_pb2.ConversationRef, now: datetime
+    ) -> datetime:
+        """When a message ``account_id`` sends now in ``conversation`` expires."""
+        if self._policy is None:
+            policy = Policy(self._cfg.message_ttl_seconds, 0.0)
+        else:
+            policy = await self._policy.resolve(account_id, conversation)
+        return policy.expiry(now, self._cfg.message_ttl_seconds)
 
     def add_membership_listener(self, listener: MembershipListener) -> None:
         """Calls ``listener`` after every committed membership change made here."""
@@ -184,12 +209,33 @@ class MessagingManager:
             # Append the change to the group's log now, so it precedes every message sent
             # after this call returns. The outbox row is the backstop after a crash; its
             # later publish has the same Nats-Msg-Id and is dropped as a duplicate.
+            change = event.change
+            subject = streams.group_subject(change.group_id)
+            item = events.log_item(change)
             try:
-                await self._js.publish(
-                    streams.group_subject(event.change.group_id),
-                    events.log_item(event.change),
-                    headers={"Nats-Msg-Id": event.event_id},
-                )
+                ack = await self._js.publish(subject, item, headers={"Nats-Msg-Id": event.event_id})
+                # Indexed so the purge and account erasure find it; a change published
+                # only by the outbox backstop (after this publish failed) is not indexed
+                # and lives until the stream's max_age.
+                names = events.named_accounts(change)
+                async with self._pool.acquire() as conn:
+                    await stored.insert(
+                        conn,
+                        [
+                            stored.Item(
+                                stream=streams.GROUPS_STREAM,
+                                seq=ack.seq,
+                                subject=subject,
+                                sender_account_id=None,
+                                recipient_account_id=None,
+                                named_account_ids=names or None,
+                                message_id=None,
+                                size_bytes=len(item),
+                                expires_at=change.change_time.ToDatetime(UTC)
+                                + timedelta(seconds=self._cfg.message_ttl_seconds),
+                            )
+                        ],
+                    )
             except Exception as err:
                 _log.warning("membership_log_publish_deferred", error_type=type(err).__name__)
         self._relay.wake()
@@ -501,12 +547,77 @@ class MessagingManager:
         if deleted:
             # The log holds only ciphertext nobody can be delivered any more; a failure
             # here leaves it to the stream's max_age.
-            try:
-                await self._js.purge_stream(
-                    streams.GROUPS_STREAM, subject=streams.group_subject(gid)
-                )
-            except Exception as err:
-                _log.warning("group_log_purge_failed", error_type=type(err).__name__)
+            await self._drop_group_log(gid)
+
+    async def _drop_group_log(self, gid: str) -> None:
+        """Purges a deleted group's log and its index rows (best effort)."""
+        subject = streams.group_subject(gid)
+        try:
+            await self._js.purge_stream(streams.GROUPS_STREAM, subject=subject)
+            async with self._pool.acquire() as conn:
+                await stored.delete_subject(conn, subject)
+        except Exception as err:  # the purge job deletes what expires; max_age the rest
+            _log.warning("group_log_purge_failed", error_type=type(err).__name__)
+
+    # ------------------------------------------------------------------ erasure
+
+    async def erase_memberships(self, account_id: str) -> int:
+        """Takes an erased account out of every group; returns how many it left.
+
+        Idempotent (a rerun finds no membership). Each group is one transaction like
+        LeaveGroup, except that the last admin cannot refuse: the member who joined
+        first becomes admin (hand-over), and the last member's exit deletes the group and
+        its log. The change the other members get names nobody erased: it carries the
+        new ``membership_version`` (and the promoted heir), no ``removed_account_ids``
+        and no actor. Clients re-read the member list on a version bump and rotate their
+        sender key when a device they distributed it to is gone, so keys still rotate.
+        """
+        left = 0
+        while True:
+            async with self._pool.acquire() as conn:
+                gids = await store.groups_of(conn, account_id, MAX_BATCH)
+            if not gids:
+                break
+            for gid in gids:
+                left += await self._erase_member(gid, account_id)
+        async with self._pool.acquire() as conn:
+            await store.forget_account_references(conn, account_id)
+        return left
+
+    async def _erase_member(self, gid: str, account_id: str) -> int:
+        now = self._clock()
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await store.group(conn, gid, lock=True)
+            mine = None if row is None else await store.member(conn, gid, account_id)
+            if row is None or mine is None:
+                return 0
+            remaining = int(row["member_count"]) - 1
+            heir = None
+            last_admin = int(mine["role"]) == ADMIN and await store.admin_count(conn, gid) <= 1
+            if remaining > 0 and last_admin:
+                heir = await store.longest_member(conn, gid, besides=account_id)
+                if heir is not None:
+                    await store.set_role(conn, gid, heir, ADMIN)
+            await store.delete_members(conn, gid, [account_id])
+            deleted = remaining <= 0
+            if deleted:
+                await store.delete_group(conn, gid)
+                version = int(row["membership_version"]) + 1
+            else:
+                row = await store.bump_group(conn, gid, member_delta=-1, now=now)
+                version = int(row["membership_version"])
+            change = events.membership_change(
+                group_id=gid,
+                version=version,
+                actor="",
+                now=now,
+                promoted=[heir] if heir else [],
+            )
+            event = await events.group_membership(conn, change, group_deleted=deleted)
+        await self._committed(event)
+        if deleted:
+            await self._drop_group_log(gid)
+        return 1
 
     # ------------------------------------------------------------------ sends
 
@@ -563,8 +674,14 @@ class MessagingManager:
             if mismatch is not None:
                 return M.SendDirectMessageResponse(device_mismatch=mismatch)
         now = self._clock()
+        # The policy is the sender's for this conversation (resolved before anything is
+        # stored: an UNAVAILABLE here stores nothing).
+        expires = await self._expiry(
+            who.account_id, types_pb2.ConversationRef(peer_account_id=recipient), now
+        )
         sealed = request.sealed_sender
         pending = []
+        rows = []
         for dc in cts:
             delivery = M.MessageDelivery(
                 message_id=message_id,
@@ -573,6 +690,8 @@ class MessagingManager:
                 ciphertext=dc.ciphertext,
             )
             delivery.server_time.FromDatetime(now)
+            delivery.expire_time.FromDatetime(expires)
+            named: list[str] | None = None
             if not sealed:
                 own_copy = dc.device.account_id == who.account_id and recipient != who.account_id
                 peer = recipient if own_copy else who.account_id
@@ -582,16 +701,30 @@ class MessagingManager:
                 delivery.sender.CopyFrom(
                     types_pb2.DeviceAddress(account_id=who.account_id, device_id=who.device_id)
                 )
+                named = list(dict.fromkeys((who.account_id, peer)))
             device = str(uuid.UUID(dc.device.device_id))
             msg_id = streams.dedup_id("d", None if sealed else who.account_id, message_id, device)
+            data = M.SubscribeResponse(message=delivery).SerializeToString()
+            subject = streams.device_subject(device)
             pending.append(
-                await self._js.publish_async(
-                    streams.device_subject(device),
-                    M.SubscribeResponse(message=delivery).SerializeToString(),
-                    headers={"Nats-Msg-Id": msg_id},
+                await self._js.publish_async(subject, data, headers={"Nats-Msg-Id": msg_id})
+            )
+            rows.append(
+                stored.Item(
+                    stream=streams.DIRECT_STREAM,
+                    seq=0,
+                    subject=subject,
+                    # Sealed sender: the sender is not recorded, not even in the index.
+                    sender_account_id=None if sealed else who.account_id,
+                    recipient_account_id=str(uuid.UUID(dc.device.account_id)),
+                    named_account_ids=named,
+                    message_id=message_id,
+                    size_bytes=len(data),
+                    expires_at=expires,
                 )
             )
         acks = await asyncio.gather(*pending)
+        await self._index([replace(r, seq=a.seq) for r, a in zip(rows, acks, strict=True)])
         # Ring only after JetStream acknowledged: a rung stream always finds the copy.
         for dc, ack in zip(cts, acks, strict=True):
             if not ack.duplicate:
@@ -604,6 +737,24 @@ class MessagingManager:
         accepted = M.Accepted(duplicate=duplicate)
         accepted.server_time.FromDatetime(original or now)
         return M.SendDirectMessageResponse(accepted=accepted)
+
+    async def _index(self, items: list[stored.Item]) -> None:
+        """Indexes stored copies (after JetStream acknowledged them).
+
+        Duplicate acks (retries) are indexed too, as no-ops unless the first attempt's
+        index write failed: a failure here fails the send (INTERNAL) although the copies
+        are stored, and the client's retry with the same message id then indexes them
+        (with an expiry computed at the retry, seconds later than the stored one, which
+        Subscribe enforces exactly).
+        """
+        if not items:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                await stored.insert(conn, items)
+        except Exception as err:
+            _log.error("stored_index_failed", error_type=type(err).__name__, items=len(items))
+            raise
 
     async def _published_devices(self, account_id: str) -> dict[str, int]:
         """Device id → registration id of an account's published devices (key directory)."""
@@ -671,6 +822,7 @@ class MessagingManager:
                 membership_changed=M.MembershipChanged(current_membership_version=version)
             )
         now = self._clock()
+        expires = await self._expiry(who.account_id, types_pb2.ConversationRef(group_id=gid), now)
         delivery = M.MessageDelivery(
             message_id=message_id,
             sender=types_pb2.DeviceAddress(account_id=who.account_id, device_id=who.device_id),
@@ -678,13 +830,31 @@ class MessagingManager:
         )
         delivery.conversation.group_id = gid
         delivery.server_time.FromDatetime(now)
+        delivery.expire_time.FromDatetime(expires)
+        data = M.SubscribeResponse(message=delivery).SerializeToString()
+        subject = streams.group_subject(gid)
         ack = await self._js.publish(
-            streams.group_subject(gid),
-            M.SubscribeResponse(message=delivery).SerializeToString(),
+            subject,
+            data,
             headers={
                 "Nats-Msg-Id": streams.dedup_id("g", who.account_id, message_id),
                 streams.SIZE_HEADER: size_class(int(row["member_count"])),
             },
+        )
+        await self._index(
+            [
+                stored.Item(
+                    stream=streams.GROUPS_STREAM,
+                    seq=ack.seq,
+                    subject=subject,
+                    sender_account_id=who.account_id,
+                    recipient_account_id=None,
+                    named_account_ids=[who.account_id],
+                    message_id=message_id,
+                    size_bytes=len(data),
+                    expires_at=expires,
+                )
+            ]
         )
         original, duplicate = await self._published(streams.GROUPS_STREAM, [ack])
         if not duplicate:
@@ -708,7 +878,10 @@ class MessagingManager:
             rows = await store.delete_device_cursors(conn, device)
         # Raises on failure, so the event is redelivered: undeliverable ciphertext must not
         # wait for max_age.
-        await self._js.purge_stream(streams.DIRECT_STREAM, subject=streams.device_subject(device))
+        subject = streams.device_subject(device)
+        await self._js.purge_stream(streams.DIRECT_STREAM, subject=subject)
+        async with self._pool.acquire() as conn:
+            await stored.delete_subject(conn, subject)
         return rows
 
     # ------------------------------------------------------------------ acks
@@ -749,12 +922,14 @@ class MessagingManager:
         if streams.DIRECT in positions and positions[streams.DIRECT] > before.get(
             streams.DIRECT, 0
         ):
+            subject = streams.device_subject(who.device_id)
+            below = positions[streams.DIRECT] + 1
             try:
-                await self._js.purge_stream(
-                    streams.DIRECT_STREAM,
-                    subject=streams.device_subject(who.device_id),
-                    seq=positions[streams.DIRECT] + 1,
-                )
-            except Exception as err:  # the cursor already moved; max_age cleans up
+                await self._js.purge_stream(streams.DIRECT_STREAM, subject=subject, seq=below)
+                # Their index rows go too, so the index keeps matching the stream (the
+                # purge would otherwise find them only at their expiry).
+                async with self._pool.acquire() as conn:
+                    await stored.delete_subject(conn, subject, below=below)
+            except Exception as err:  # the cursor already moved; the purge cleans up
                 _log.warning("mailbox_purge_failed", error_type=type(err).__name__)
         return len(fresh)

@@ -51,6 +51,20 @@ LOCAL_FEEDS = Gauge(
     "connected device mailbox).",
 )
 
+POLICY_REQUESTS = Counter(
+    "conclave_messaging_policy_requests_total",
+    "Retention policy look-ups (cache misses) by outcome: ok, no_responders, error.",
+    ("outcome",),
+)
+POLICY_FALLBACKS = Counter(
+    "conclave_messaging_policy_fallbacks_total",
+    "Messages given the messaging defaults because retention is not deployed (no responders).",
+)
+EXPIRED_SKIPPED = Counter(
+    "conclave_messaging_expired_skipped_total",
+    "Stored items not delivered because their expire_time passed (the purge deletes them).",
+)
+
 
 def size_class(members: int) -> str:
     """The ``group_size`` label value for a group of ``members`` (1 for 1:1)."""

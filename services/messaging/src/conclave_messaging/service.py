@@ -1,9 +1,4 @@
-"""gRPC layer of the messaging service: thin, translating requests to the domain and back.
-
-Device lists of 1:1 envelopes are checked for shape (UUIDs, no duplicates, only the
-recipient's and the sender's accounts, sizes) but not yet against the devices published in
-KeyService: that needs the keys service's device directory (tracked in issue #6).
-"""
+"""gRPC layer of the messaging service: thin, translating requests to the domain and back."""
 
 from __future__ import annotations
 
@@ -15,6 +10,7 @@ from conclave.messaging.v1 import messaging_pb2_grpc
 from conclave_kit.auth import current_claims
 from conclave_kit.errors import InvalidArgument, Unavailable
 
+from conclave_messaging.account_data import MessagingAccountData
 from conclave_messaging.fanout import MAX_UNACKED, Hub
 from conclave_messaging.manager import MessagingManager, caller
 
@@ -29,6 +25,7 @@ class MessagingServiceServicer(messaging_pb2_grpc.MessagingServiceServicer):
     def __init__(self) -> None:
         self.manager: MessagingManager | None = None
         self.hub: Hub | None = None
+        self.account_data: MessagingAccountData | None = None
 
     @property
     def _m(self) -> MessagingManager:

@@ -294,3 +294,72 @@ async def join_seq(conn: Connection, group_id: str, account_id: str) -> int | No
         account_id,
     )
     return None if value is None else int(value)
+
+
+async def longest_member(conn: Connection, group_id: str, *, besides: str) -> str | None:
+    """The member who joined first (ties: lowest account id), other than ``besides``."""
+    value = await conn.fetchval(
+        "SELECT account_id FROM members WHERE group_id = $1 AND account_id <> $2"
+        " ORDER BY joined_at, account_id LIMIT 1",
+        group_id,
+        besides,
+    )
+    return None if value is None else str(value)
+
+
+async def groups_of(conn: Connection, account_id: str, limit: int) -> list[str]:
+    """Up to ``limit`` ids of the groups the account is a member of."""
+    rows = await conn.fetch(
+        "SELECT group_id FROM members WHERE account_id = $1 ORDER BY group_id LIMIT $2",
+        account_id,
+        limit,
+    )
+    return [str(r["group_id"]) for r in rows]
+
+
+async def forget_account_references(conn: Connection, account_id: str) -> int:
+    """Clears an erased account from other accounts' rows (creator, adder); rows changed.
+
+    The groups and memberships stay (they are the other members'), only the id goes:
+    ``created_by`` NULL turns a CreateGroup retry with that id into ALREADY_EXISTS, and
+    ``added_by`` NULL reads as "added by an account that no longer exists".
+    """
+    a = await conn.execute("UPDATE groups SET created_by = NULL WHERE created_by = $1", account_id)
+    b = await conn.execute("UPDATE members SET added_by = NULL WHERE added_by = $1", account_id)
+    return int(a.split()[-1]) + int(b.split()[-1])
+
+
+async def account_devices(conn: Connection, account_id: str) -> list[str]:
+    """Devices of the account messaging knows (those with a cursor)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT device_id FROM cursors WHERE account_id = $1", account_id
+    )
+    return [str(r["device_id"]) for r in rows]
+
+
+async def delete_account_cursors(conn: Connection, account_id: str) -> int:
+    """Deletes every cursor of the account's devices; returns how many rows went."""
+    status = await conn.execute("DELETE FROM cursors WHERE account_id = $1", account_id)
+    return int(status.split()[-1])
+
+
+async def account_cursors(conn: Connection, account_id: str) -> list[asyncpg.Record]:
+    """The account's devices' cursors (export)."""
+    return list(
+        await conn.fetch(
+            "SELECT * FROM cursors WHERE account_id = $1 ORDER BY device_id, conversation",
+            account_id,
+        )
+    )
+
+
+async def account_groups(conn: Connection, account_id: str) -> list[asyncpg.Record]:
+    """The account's memberships with their groups (export)."""
+    return list(
+        await conn.fetch(
+            "SELECT g.group_id, g.membership_version, g.member_count, m.role, m.joined_at,"
+            " m.join_seq FROM members m JOIN groups g USING (group_id)"
+            " WHERE m.account_id = $1 ORDER BY m.group_id",
+            account_id,
+        )
+    )
