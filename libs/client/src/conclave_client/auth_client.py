@@ -65,7 +65,7 @@ class ClientError(Exception):
         self.code = code
 
     def __str__(self) -> str:
-        if self.retry_after is not None:
+        if self.retry_after is not None and "retry in" not in self.message:
             return f"{self.message} (retry in {self.retry_after} s)"
         return self.message
 
@@ -109,7 +109,10 @@ def error_from_rpc(err: grpc.RpcError, address: str, service: str = "auth") -> C
         except ValueError:
             retry_after = None
     name = code.name if code is not None else None
-    if code in (grpc.StatusCode.UNAVAILABLE, None):
+    if code == grpc.StatusCode.UNAVAILABLE and reason and details:
+        # The server answered (it set a reason): one of *its* dependencies is down.
+        message = f"{service} service: {details}"
+    elif code in (grpc.StatusCode.UNAVAILABLE, None):
         message = f"{service} service unreachable at {address} (check: conclave status)"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"{service} service at {address} did not answer in time"
