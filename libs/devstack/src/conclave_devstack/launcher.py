@@ -2,9 +2,10 @@
 
 Starts embedded NATS (JetStream, file store) and embedded PostgreSQL in the data directory
 (``CONCLAVE_DATA_DIR``, default ``./.conclave``), then the five services as separate
-processes; waits until every service reports SERVING, prints the endpoints and the line
-``conclave: ready``. Ctrl-C or SIGTERM stops the services (gracefully, in parallel), then
-NATS, then PostgreSQL; a restart keeps the data.
+processes (retention last, once the others' ports are known: it calls them, settings
+``CONCLAVE_RETENTION_PEER_*``); waits until every service reports SERVING, prints the
+endpoints and the line ``conclave: ready``. Ctrl-C or SIGTERM stops the services
+(gracefully, in parallel), then NATS, then PostgreSQL; a restart keeps the data.
 
 Setting ``CONCLAVE_NATS_URL`` or ``CONCLAVE_DATABASE_URL`` uses that external server instead
 of the embedded one (the production path, handy for debugging against a cluster).
@@ -180,6 +181,11 @@ class Stack:
                     f"{prefix}_PORTS_FILE": str(ports_file),
                 }
             )
+            if svc.name == "retention":
+                # Retention calls every other server (RunPurge, ExportMyData,
+                # DeleteAccount): it starts once their ports are known, which with port 0
+                # is only after they bound them.
+                child_env.update(self._peer_settings(host, run_dir, timeout))
             log = (logs_dir / f"{svc.name}.log").open("ab")
             self._logs.append(log)
             self.children[svc.name] = subprocess.Popen(
@@ -208,6 +214,34 @@ class Stack:
                 indent=2,
             )
         )
+
+    def _peer_settings(self, host: str, run_dir: Path, timeout: float) -> dict[str, str]:
+        """``CONCLAVE_RETENTION_PEER_<SERVICE>`` for each other server, from its ports file.
+
+        Settings the operator gave explicitly are kept.
+        """
+        deadline = time.monotonic() + timeout
+        settings: dict[str, str] = {}
+        for svc in SERVICES:
+            if svc.name == "retention":
+                continue
+            variable = f"CONCLAVE_RETENTION_PEER_{svc.name.upper()}"
+            if self.env.optional_text(variable) is not None:
+                continue
+            ports_file = run_dir / f"{svc.name}.ports.json"
+            while not ports_file.exists():
+                child = self.children[svc.name]
+                if child.poll() is not None:
+                    raise LaunchError(
+                        f"{svc.name} exited with code {child.returncode} at start-up:"
+                        f" {self.last_error(svc.name)}"
+                    )
+                if time.monotonic() > deadline:
+                    raise LaunchError(f"{svc.name} did not bind its ports after {timeout:.0f}s")
+                time.sleep(0.02)
+            self.endpoints[svc.name] = json.loads(ports_file.read_text())
+            settings[variable] = f"{_dial_host(host)}:{self.endpoints[svc.name]['grpc']}"
+        return settings
 
     def _wait_until_serving(self, host: str, run_dir: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -253,6 +287,11 @@ class Stack:
             self.nats.stop()
         if self.postgres is not None:
             self.postgres.stop()
+
+
+def _dial_host(host: str) -> str:
+    """Where a local client reaches a server bound to ``host`` (a wildcard is not one)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - compared, not bound
 
 
 def _serving(host: str, port: int) -> bool:

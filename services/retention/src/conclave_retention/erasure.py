@@ -48,8 +48,8 @@ from conclave_kit.outbox import OutboxRelay, enqueue
 from conclave_kit.tokens import Claims
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.js.errors import FetchTimeoutError
 
 from conclave_retention.metrics import (
     ERASURE_PENDING_OLDEST,
@@ -335,7 +335,7 @@ class ErasureManager:
         while not self._stopping:
             try:
                 messages = await self._sub.fetch(50, timeout=0.5)
-            except FetchTimeoutError:
+            except NatsTimeoutError:  # FetchTimeoutError too: nothing new, poll again
                 continue
             except asyncio.CancelledError:
                 raise

@@ -28,8 +28,8 @@ from conclave.events.v1 import events_pb2
 from conclave_kit.logs import get_logger
 from conclave_kit.nats_bus import EVENTS_STREAM
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.js.errors import FetchTimeoutError
 
 from conclave_retention import store
 from conclave_retention.events import GROUP_MEMBERSHIP
@@ -127,7 +127,7 @@ class MembershipFollower:
         while not self._stopping:
             try:
                 messages = await self._sub.fetch(_BATCH, timeout=0.5)
-            except FetchTimeoutError:
+            except NatsTimeoutError:  # FetchTimeoutError too: nothing new, poll again
                 continue
             except asyncio.CancelledError:
                 raise

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from conclave_kit.logs import get_logger
 from conclave_kit.nats_bus import EVENTS_STREAM, EVENTS_SUBJECTS
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.js.errors import FetchTimeoutError, NotFoundError
+from nats.js.errors import NotFoundError
 
 _BATCH = 1000
 _log = get_logger("conclave.retention.scrub")
@@ -81,7 +82,7 @@ async def scrub_events(js: JetStreamContext, account_ids: Sequence[str]) -> tupl
         while True:
             try:
                 batch = await sub.fetch(_BATCH, timeout=1.0)
-            except FetchTimeoutError:
+            except NatsTimeoutError:  # FetchTimeoutError too: nothing arrived in time
                 batch = []
             for msg in batch:
                 scanned += 1
