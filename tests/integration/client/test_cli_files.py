@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 import pytest
 from conclave.media.v1 import media_pb2, media_pb2_grpc
+from conclave_client.auth_client import AuthClient, ClientError
+from conclave_client.credentials import CredentialStore
 from conclave_client.files import (
     Attachment,
     AttachmentError,
@@ -26,6 +28,7 @@ from conclave_client.files import (
     encrypt_file,
     safe_filename,
 )
+from conclave_client.media_client import MediaClient
 
 from tests.integration.client.test_cli_messaging import Device
 from tests.integration.stack.conftest import RunningStack
@@ -246,3 +249,33 @@ def test_safe_filename_and_record_parsing() -> None:
         )
     with pytest.raises(AttachmentError):
         Attachment.from_record("not an object")
+
+
+def test_upload_continues_across_streams_from_the_server_status(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    """The library's resume loop: every stream starts where GetUploadStatus says."""
+    alice = Device(stack, tmp_path / "alice")
+    alice.register()
+    alice.login()
+    data = secrets.token_bytes(3 * 1024 * 1024 + 7)
+    (tmp_path / "plain").write_bytes(data)
+    pointer = encrypt_file(tmp_path / "plain", tmp_path / "cipher")
+    ciphertext = (tmp_path / "cipher").read_bytes()
+    seen: list[int] = []
+    with (
+        AuthClient(stack.grpc["auth"], CredentialStore(alice.home)) as auth,
+        MediaClient(stack.grpc["media"], auth) as media,
+    ):
+        media_id, chunk = media.create_upload(len(ciphertext), pointer.digest)
+        with (tmp_path / "cipher").open("rb") as source:
+            final = media.upload(media_id, source, progress=seen.append, max_chunks_per_stream=1)
+        assert final.complete and final.next_offset == len(ciphertext)
+        # One stream per chunk, each resumed from the server's offset.
+        starts = sorted({s for s in seen if s % chunk == 0 and s < len(ciphertext)})
+        assert starts == [i * chunk for i in range(-(-len(ciphertext) // chunk))]
+        received = bytearray()
+        media.download(media_id, received.extend, expected_digest=pointer.digest)
+        assert bytes(received) == ciphertext
+        with pytest.raises(ClientError, match="different file"):
+            media.download(media_id, received.extend, expected_digest=bytes(32))

@@ -564,3 +564,56 @@ async def test_delete_account_erases_the_account_everywhere(
         gone.returncode == 1
         and gone.stderr == f"conclave: error: no account named {alice.username}\n"
     )
+
+
+FRESH_SECONDS = 4
+
+
+@pytest.fixture
+def short_fresh_stack() -> Iterator[RunningStack]:
+    """A stack whose FRESH RPCs accept a sign-in of the last few seconds only."""
+    extra = {"CONCLAVE_FRESH_AUTH_SECONDS": str(FRESH_SECONDS)}
+    for name in SERVICES:
+        port = _free_port()
+        extra[f"CONCLAVE_{name.upper()}_GRPC_PORT"] = str(port)
+        if name != "retention":
+            extra[f"CONCLAVE_RETENTION_PEER_{name.upper()}"] = f"127.0.0.1:{port}"
+    base = private_data_dir()
+    running = start_stack(base / "data", launcher_env(extra))
+    yield running
+    running.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_export_re_authenticates_a_stale_session(
+    short_fresh_stack: RunningStack, tmp_path: Path
+) -> None:
+    alice = Device(short_fresh_stack, tmp_path / "alice")
+    alice.register()
+    alice.login()
+    assert alice.totp is not None
+    time.sleep(FRESH_SECONDS + 1)
+    output = tmp_path / "export.json"
+
+    # Without credentials and without a terminal: one line saying what to add.
+    stale = alice.run("export", "--output", str(output))
+    assert stale.returncode == 1 and not output.exists()
+    assert stale.stderr == (
+        "conclave: error: this needs a recent password + code check: repeat with "
+        "--password-stdin --code CODE\n"
+    )
+    # A wrong password is refused by auth, one line, nothing written.
+    wrong = alice.run(
+        "export", "--output", str(output), "--password-stdin", "--code", alice.totp.now(),
+        stdin="not-the-password\n",
+    )  # fmt: skip
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1 and not output.exists()
+    # Password + a code not used yet: re-authenticated, then exported.
+    fresh = alice.json(
+        "export", "--output", str(output), "--password-stdin",
+        "--code", alice.totp.at(time.time() + 30), stdin=alice.password + "\n",
+    )  # fmt: skip
+    assert fresh["account_id"] == alice.credentials()["account_id"]
+    assert json.loads(output.read_bytes())["services"]["auth"]["account"]["username"] == (
+        alice.username
+    )

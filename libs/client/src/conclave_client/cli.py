@@ -743,7 +743,9 @@ def _download(
     """Fetches, verifies and saves one attachment; raises CliError with the reason."""
     directory = client.home / DOWNLOADS_DIR
     with _transfer_progress(args) as bar:
-        track = _tracker(bar, f"receiving {escape(attachment.name)}", attachment.size)
+        # Progress counts ciphertext bytes: padding and tags make it a little larger.
+        total = ciphertext_size(attachment.size)
+        track = _tracker(bar, f"receiving {escape(attachment.name)}", total)
 
         def fetch(sink: Callable[[bytes], None]) -> None:
             media.download(
