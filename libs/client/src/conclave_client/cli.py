@@ -673,7 +673,12 @@ def _cmd_send_file(args: argparse.Namespace) -> int:
                 store.save(upload)
             if not upload.media_id:
                 digest = upload.attachment().pointer.digest
-                upload.media_id, _ = media.create_upload(upload.ciphertext_size, digest)
+                try:
+                    upload.media_id, _ = media.create_upload(upload.ciphertext_size, digest)
+                except ClientError as err:
+                    if err.code not in (None, "UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                        store.remove(upload)  # refused (quota, size): nothing to resume
+                    raise
                 store.save(upload)
             elif not upload.uploaded:
                 try:
@@ -996,10 +1001,12 @@ def _cmd_delete_account(args: argparse.Namespace) -> int:
             }
         )
         return EXIT_OK
-    if not args.wait:
+    if status is None:
         print(f"Account {username} deleted; erasure id {erasure_id}.")
         print(f"Follow the erasure with: conclave erasure-status {erasure_id}")
     else:
+        if not Console().is_terminal:  # on a terminal the live table stays on screen
+            Console().print(_erasure_table(status))
         print("Every server reports that nothing about the account remains.")
     print(
         f"Removed this device's local state from {home} ({', '.join(removed) or 'nothing left'}); "
@@ -1016,7 +1023,7 @@ def _cmd_erasure_status(args: argparse.Namespace) -> int:
             status = retention.erasure_status(args.erasure_id)
     if args.json:
         _print_json(_erasure_json(status))
-    elif not args.wait or not Console().is_terminal:
+    elif not args.wait or not Console().is_terminal:  # else the live table stays on screen
         Console().print(_erasure_table(status))
     return EXIT_OK if status.complete or not args.wait else EXIT_ERROR
 
