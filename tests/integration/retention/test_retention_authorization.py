@@ -7,7 +7,7 @@ import time
 
 import grpc
 import pytest
-from conclave.common.v1 import types_pb2
+from conclave.common.v1 import account_data_pb2, account_data_pb2_grpc, types_pb2
 from conclave.retention.v1 import retention_pb2 as R
 from google.protobuf.duration_pb2 import Duration
 
@@ -105,3 +105,19 @@ async def test_odd_token_ids_are_rejected_not_internal(retention: RetentionHarne
     for name in ("GetEffectivePolicy", "SetAccountPolicy", "SetConversationPolicy"):
         code = await _unary(retention, name, BUILT[name], metadata)
         assert code == grpc.StatusCode.UNAUTHENTICATED, name
+    # Retention's own AccountDataService section, and the export through RetentionService.
+    section = account_data_pb2_grpc.AccountDataServiceStub(retention.channel).ExportAccountData(
+        account_data_pb2.ExportAccountDataRequest(), metadata=metadata, timeout=5
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _chunk in section:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    fresh = retention.signer.mint(account_id="admin", device_id="d", session_id="s2")
+    export = retention.stub.ExportMyData(
+        R.ExportMyDataRequest(), metadata=(("authorization", f"Bearer {fresh}"),), timeout=5
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _chunk2 in export:
+            pass
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED

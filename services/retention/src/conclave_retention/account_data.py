@@ -27,6 +27,7 @@ from conclave_kit.ratelimit import RateLimiter
 from conclave_kit.tokens import Claims
 
 from conclave_retention import store
+from conclave_retention.manager import caller_account
 
 ERASURE_RECORD_DAYS = 30
 # The export bucket (capacity 1) is full again one export interval after its last use;
@@ -60,8 +61,12 @@ class RetentionAccountData:
         self._idle_bucket_seconds = export_interval_seconds
 
     async def export(self, claims: Claims) -> dict[str, Any]:
-        """Retention's section of the caller's export."""
-        account = str(uuid.UUID(claims.account_id))
+        """Retention's section of the caller's export.
+
+        Raises:
+            Unauthenticated: The token does not name an account (an operator's, say).
+        """
+        account = caller_account(claims)
         async with self._pool.acquire() as conn:
             policy = await conn.fetchrow(
                 "SELECT * FROM account_policies WHERE account_id = $1", account
