@@ -12,11 +12,13 @@ purged mailbox copies, ``max_age``, a deleted group's log) just loses its row. I
 process dies between the JetStream deletes and the commit, the rows come back and the
 next run finds the messages gone: deletes are idempotent.
 
-Deletes use ``no_erase`` (the message is dropped from the stream index and its bytes are
-freed with the block; they are not overwritten with random data first). The stored bytes
-are end-to-end ciphertext, so overwriting protects nothing a stolen disk would reveal
-without the devices' keys, and measured it costs a third of the purge throughput
-(docs/decisions/0004-fanout.md, "Purge"). ``secure_erase=True`` turns overwriting on.
+Deletes use ``no_erase``: the message leaves the stream at once (never readable through
+JetStream again) but its bytes stay in the block file until nats-server compacts or
+removes the block, instead of being overwritten first. The bytes are end-to-end
+ciphertext whose message keys the devices discard after decrypting (forward secrecy), and
+overwriting measured about 100 times slower (docs/decisions/0004-fanout.md, "Purge
+measurements"): a real backlog would keep the purge lag alert firing.
+``secure_erase=True`` (``CONCLAVE_MESSAGING_PURGE_SECURE_ERASE``) turns overwriting on.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ STREAM_OF_KIND: dict[int, str] = {
 }
 PURGE_BATCH = 1000  # rows claimed (and locked) per transaction
 PURGE_CONCURRENCY = 64  # STREAM.MSG.DELETE requests in flight
+ERASE_ATTEMPTS = 20  # rounds waiting for rows a concurrent purge holds (0.5 s apart)
 NO_MESSAGE = 10037  # JetStream API error code "no message found"
 
 # Called after an erasure so this replica's open streams of the account end at once.
@@ -194,7 +197,16 @@ class MessagingAccountData:
                 items += await stored.delete_subject(conn, subject)
         async with self._pool.acquire() as conn:
             items += await store.delete_account_cursors(conn, account)
-        items += await self._drain(lambda conn: stored.claim_naming(conn, account, self._batch))
+        for _ in range(ERASE_ATTEMPTS):
+            items += await self._drain(lambda conn: stored.claim_naming(conn, account, self._batch))
+            # SKIP LOCKED passed over rows a concurrent purge holds; they are normally gone
+            # when it commits, but if its run failed they are back and must go here.
+            async with self._pool.acquire() as conn:
+                if not await stored.count_naming(conn, account):
+                    break
+            await asyncio.sleep(0.5)
+        else:
+            raise RuntimeError("stored items naming the account are still locked")
         for listener in self._erased_listeners:
             listener(account)
         _log.info("messaging_account_erased", items=items)

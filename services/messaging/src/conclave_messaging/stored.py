@@ -130,6 +130,15 @@ async def claim_naming(conn: Connection, account_id: str, limit: int) -> list[as
     )
 
 
+async def count_naming(conn: Connection, account_id: str) -> int:
+    """How many rows still name ``account_id`` (locked ones included)."""
+    value = await conn.fetchval(
+        "SELECT count(*) FROM stored_messages WHERE named_account_ids @> ARRAY[$1::uuid]",
+        account_id,
+    )
+    return int(value)
+
+
 async def mailbox_subjects(conn: Connection, account_id: str) -> list[str]:
     """Mailbox subjects that hold (or held) 1:1 copies for the account's devices."""
     rows = await conn.fetch(
