@@ -33,7 +33,7 @@ import hashlib
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -122,6 +122,8 @@ class ErasureManager:
         peers: Channels to the other servers (auth).
         clock: Current time.
         settle_seconds: Wait after the last server reported before scrubbing.
+        erase_local: Retention's own erasure, run once more right after the scrub (see
+            :meth:`scrub_due`).
     """
 
     def __init__(
@@ -132,6 +134,7 @@ class ErasureManager:
         peers: Peers,
         clock: Clock = lambda: datetime.now(UTC),
         settle_seconds: float = 2.0,
+        erase_local: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self._pool = pool
         self._js = js
@@ -139,6 +142,7 @@ class ErasureManager:
         self._peers = peers
         self._clock = clock
         self._settle = settle_seconds
+        self._erase_local = erase_local
         self._wake = asyncio.Event()
         self._sub: JetStreamContext.PullSubscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -389,6 +393,12 @@ class ErasureManager:
                 accounts = sorted({str(r["account_id"]) for r in due})
                 with SCRUB_SECONDS.time():
                     scanned, deleted = await scrub_events(self._js, accounts)
+                if self._erase_local is not None:
+                    # Retention's membership follower may have applied an older event
+                    # naming the account after retention's own erasure ran; those events
+                    # are gone now, so a second pass leaves nothing behind for good.
+                    for account in accounts:
+                        await self._erase_local(account)
                 SCRUBBED_EVENTS.inc(deleted)
                 completed = await conn.execute(
                     "UPDATE erasure_requests SET completed_at = $2, account_id = NULL, "

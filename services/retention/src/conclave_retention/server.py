@@ -70,6 +70,7 @@ def build_spec(
             relay,
             peers,
             settle_seconds=config.erasure_settle_seconds,
+            erase_local=provider.erase,
             **extra,
         )
         await erasure.start()
