@@ -22,6 +22,8 @@ from conclave.common.v1 import account_data_pb2_grpc, types_pb2
 from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2 as M
 from conclave.retention.v1 import retention_pb2 as R
+from conclave_kit.errors import Unavailable
+from conclave_messaging import policy as P
 from conclave_messaging import streams
 from conclave_messaging.account_data import MessagingAccountData
 from conclave_messaging.policy import POLICY_CHANGED, RESOLVE_SUBJECT
@@ -402,3 +404,53 @@ async def test_purge_expired_needs_the_operator_role(
             D.PurgeExpiredRequest(kinds=[D.PURGE_KIND_UNSPECIFIED]), metadata=md
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_resolver_invalidation_staleness_and_bound(
+    retention: FakeRetention, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache on its own: who a change invalidates, stale use on errors, its bound."""
+    now = [0.0]
+    resolver = P.PolicyResolver(retention.nc, 30 * DAY, monotonic=lambda: now[0])
+    a, b, c, g = (str(uuid.uuid4()) for _ in range(4))
+
+    def peer(x: str) -> types_pb2.ConversationRef:
+        return types_pb2.ConversationRef(peer_account_id=x)
+
+    group = types_pb2.ConversationRef(group_id=g)
+    for account, conv in ((a, peer(b)), (b, peer(a)), (a, peer(c)), (c, group), (a, group)):
+        await resolver.resolve(account, conv)
+    asked = len(retention.requests)
+
+    def change(account: str, conv: types_pb2.ConversationRef | None) -> None:
+        event = events_pb2.RetentionPolicyChanged(account_id=account)
+        if conv is not None:
+            event.conversation.CopyFrom(conv)
+        resolver.invalidate(event)
+
+    change(b, peer(a))  # a direct conversation: both parties' entries
+    await resolver.resolve(a, peer(b))
+    await resolver.resolve(b, peer(a))
+    await resolver.resolve(a, peer(c))  # untouched
+    assert len(retention.requests) == asked + 2
+    change(c, group)  # a group: every member's entry
+    await resolver.resolve(a, group)
+    await resolver.resolve(c, group)
+    assert len(retention.requests) == asked + 4
+    change(a, None)  # an account: all of its conversations
+    await resolver.resolve(a, peer(c))
+    await resolver.resolve(c, group)  # another account: untouched
+    assert len(retention.requests) == asked + 5
+
+    # Past its age an entry is asked again; when that fails the old answer is used.
+    retention.broken = True
+    now[0] += P.CACHE_SECONDS + 1
+    assert (await resolver.resolve(a, peer(c))).ttl_seconds == DAY
+    with pytest.raises(Unavailable, match="retention policy unavailable"):
+        await resolver.resolve(str(uuid.uuid4()), group)
+    retention.broken = False
+
+    monkeypatch.setattr(P, "MAX_CACHED", 4)
+    for _ in range(10):
+        await resolver.resolve(str(uuid.uuid4()), group)
+    assert len(resolver._cache) <= 4  # the bound is the point

@@ -41,6 +41,8 @@ from conclave_messaging.metrics import POLICY_FALLBACKS, POLICY_REQUESTS
 RESOLVE_SUBJECT = "conclave.internal.retention.policy"
 POLICY_CHANGED = "conclave.events.retention.policy_changed"
 CACHE_SECONDS = 60.0
+# Entries a replica keeps at most: memory follows active conversations, not all of them.
+MAX_CACHED = 100_000
 REQUEST_TIMEOUT_SECONDS = 0.5  # a send waits at most this long for retention
 FALLBACK_LOG_SECONDS = 60.0  # "retention not deployed" is logged at most once a minute
 
@@ -188,8 +190,21 @@ class PolicyResolver:
             raise Unavailable("retention policy unavailable; retry shortly") from None
         POLICY_REQUESTS.labels("ok").inc()
         if generation == self._generation:
+            if len(self._cache) >= MAX_CACHED:
+                self._evict(now)
             self._cache[key] = (policy, now)
         return policy
+
+    def _evict(self, now: float) -> None:
+        """Drops entries past their age; if none were, the oldest half (insertion order).
+
+        Expired entries are only kept as a fallback for a failing retention server, so
+        dropping them costs at most an UNAVAILABLE during an outage, never a wrong expiry.
+        """
+        fresh = {k: v for k, v in self._cache.items() if now - v[1] < CACHE_SECONDS}
+        if len(fresh) >= MAX_CACHED:
+            fresh = dict(list(fresh.items())[len(fresh) // 2 :])
+        self._cache = fresh
 
     def _fallback(self) -> Policy:
         POLICY_FALLBACKS.inc()
