@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -205,10 +206,16 @@ class Operations:
             Unauthenticated: A server rejected the caller's token (revoked meanwhile).
         """
         account_id = claims.account_id
-        if await self._limiter.available(self._export_limit, account_id) < 1.0:
+        tokens = await self._limiter.available(self._export_limit, account_id)
+        if tokens < 1.0:
             EXPORTS.labels("rate_limited").inc()
-            # take() computes the wait and raises RESOURCE_EXHAUSTED with retry-after.
-            await self._limiter.take(self._export_limit, account_id)
+            wait = (1.0 - tokens) / self._export_limit.refill_per_second
+            raise ResourceExhausted(
+                f"one export per {_human(1.0 / self._export_limit.refill_per_second)}; "
+                f"retry in {math.ceil(wait)} s",
+                retry_after_seconds=wait,
+                reason="RATE_LIMITED",
+            )
         tasks = {
             server: asyncio.create_task(self._section(server, claims, metadata, seconds))
             for server in SERVERS
@@ -246,6 +253,13 @@ class Operations:
             document[start : start + EXPORT_CHUNK_BYTES]
             for start in range(0, len(document), EXPORT_CHUNK_BYTES)
         )
+
+
+def _human(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        hours = int(seconds // 3600)
+        return "hour" if hours == 1 else f"{hours} hours"
+    return f"{seconds:g} s"
 
 
 def _checked_section(server: str, raw: bytes) -> bytes:
