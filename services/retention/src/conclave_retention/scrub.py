@@ -17,6 +17,12 @@ complete (a server's erase runs after the ``account.deleted`` event, and what it
 covers whatever the earlier events would have done). Retention scrubs only after all
 five reported, plus a settle time for events the servers' outbox relays publish while
 erasing, so nothing still needs a deleted message.
+
+Residual cost: an event that names the erased account *and* others (a membership change
+adding several accounts) is deleted whole. Consumers that follow those events live
+(messaging's ordered consumers, retention's membership follower, normally milliseconds
+behind) have applied it long before; only a durable consumer lagging by more than the
+erasure's duration would miss it for the other accounts too.
 """
 
 from __future__ import annotations
