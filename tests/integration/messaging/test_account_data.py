@@ -14,7 +14,7 @@ from conclave.common.v1 import account_data_pb2_grpc
 from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2 as M
 from conclave_kit.nats_bus import EVENTS_STREAM
-from conclave_messaging import streams
+from conclave_messaging import account_data, streams
 from nats.js.errors import NotFoundError
 
 from tests.integration.messaging.conftest import Device, MessagingHarness
@@ -223,3 +223,27 @@ async def test_export_lists_groups_cursors_pending_and_sent_metadata(
     (mine,) = section["sent_messages_stored"]
     assert mine["message_id"] == sent and mine["to_device"] == bob.device_id
     assert "ciphertext" not in json.dumps(section).replace("ciphertext_bytes", "")
+
+
+async def test_a_failing_delete_does_not_stop_the_others_and_erasure_retries(
+    messaging: MessagingHarness, db: asyncpg.Connection
+) -> None:
+    """One item JetStream refuses to delete keeps its row; the rest go; erase() raises so
+    the account.deleted event is redelivered."""
+    alice, bob = messaging.device(), messaging.device()
+    await send_direct(messaging, alice, bob)
+    # A row pointing into a stream that does not exist: every delete of it fails.
+    await db.execute(
+        "INSERT INTO messaging.stored_messages (stream, seq, subject, named_account_ids,"
+        " size_bytes, expires_at) VALUES ('MSG_MISSING', 1, 'x', ARRAY[$1::uuid], 1, now())",
+        alice.account_id,
+    )
+    with pytest.raises(account_data.JetStreamDeleteError):
+        await messaging.provider.erase(alice.account_id)
+    left = await db.fetch(
+        "SELECT stream FROM messaging.stored_messages WHERE named_account_ids @> ARRAY[$1::uuid]",
+        alice.account_id,
+    )
+    assert [r["stream"] for r in left] == ["MSG_MISSING"]  # the real copy went
+    await db.execute("DELETE FROM messaging.stored_messages WHERE stream = 'MSG_MISSING'")
+    assert await messaging.provider.erase(alice.account_id) == 0

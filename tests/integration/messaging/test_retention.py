@@ -454,3 +454,35 @@ async def test_resolver_invalidation_staleness_and_bound(
     for _ in range(10):
         await resolver.resolve(str(uuid.uuid4()), group)
     assert len(resolver._cache) <= 4  # the bound is the point
+
+
+async def test_index_follows_acks_and_forgets_messages_already_gone(
+    messaging: MessagingHarness, retention: FakeRetention, db: asyncpg.Connection
+) -> None:
+    """Acked mailbox copies lose their rows at once; rows of messages JetStream dropped
+    otherwise are cleaned by the purge; sealed sender is not recorded in the index."""
+    retention.ttl = HOUR
+    alice, bob = messaging.device(), messaging.device()
+    sealed = await send_direct(messaging, alice, bob, sealed=True)
+    await send_direct(messaging, alice, bob)
+    mailbox = streams.device_subject(bob.device_id)
+    rows = await index_rows(db, mailbox)
+    by_id = {str(r["message_id"]): r for r in rows}
+    assert by_id[sealed]["sender_account_id"] is None
+    assert by_id[sealed]["named_account_ids"] is None
+    assert by_id[sealed]["recipient_account_id"] == uuid.UUID(bob.account_id)
+
+    listener = await messaging.subscribe(bob)
+    got = await listener.wait_for(2)
+    await messaging.stub.AckMessages(
+        M.AckMessagesRequest(delivery_tokens=[got[0].delivery_token]), metadata=bob.md
+    )
+    remaining = await index_rows(db, mailbox)
+    assert [r["seq"] for r in remaining] == [rows[1]["seq"]]
+
+    # The last copy vanishes behind the index's back (as max_age would drop it).
+    await messaging.runtime.resources.js.purge_stream(streams.DIRECT_STREAM, subject=mailbox)
+    messaging.clock.advance(HOUR + 1)
+    counts = await messaging.provider.purge(frozenset({D.PURGE_KIND_DIRECT_MESSAGES}))
+    assert counts[D.PURGE_KIND_DIRECT_MESSAGES] >= 1
+    assert await index_rows(db, mailbox) == []

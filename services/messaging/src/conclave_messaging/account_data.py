@@ -52,14 +52,23 @@ STREAM_OF_KIND: dict[int, str] = {
 PURGE_BATCH = 1000  # rows claimed (and locked) per transaction
 PURGE_CONCURRENCY = 64  # STREAM.MSG.DELETE requests in flight
 ERASE_ATTEMPTS = 20  # rounds waiting for rows a concurrent purge holds (0.5 s apart)
-NO_MESSAGE = 10037  # JetStream API error code "no message found"
+# JetStream API errors meaning "nothing to delete at that sequence" (all seen in tests):
+# 10037 "no message found", 10043 "sequence N not found", and 10057 ("message delete
+# failed") with "no message found" for a sequence below the stream's first (purged
+# subjects, max_age).
+NO_MESSAGE = 10037
+NO_SEQUENCE = 10043
+DELETE_FAILED = 10057
+NOT_FOUND_TEXT = "no message found"
 
+# Claims a batch of index rows (locked) in a transaction, passing over sequences in the list.
+Claim = Callable[[Connection, list[int]], Awaitable[list[asyncpg.Record]]]
 # Called after an erasure so this replica's open streams of the account end at once.
 ErasedListener = Callable[[str], None]
 
 
 class JetStreamDeleteError(Exception):
-    """A STREAM.MSG.DELETE failed for another reason than "already gone"."""
+    """No STREAM.MSG.DELETE of a batch succeeded (JetStream unreachable or refusing)."""
 
 
 class MessagingAccountData:
@@ -114,7 +123,9 @@ class MessagingAccountData:
                 continue
             stream = STREAM_OF_KIND[kind]
             counts[kind] = await self._drain(
-                lambda conn, s=stream: stored.claim_expired(conn, s, now, self._batch)  # type: ignore[misc]
+                lambda conn, skip, s=stream: stored.claim_expired(  # type: ignore[misc]
+                    conn, s, now, self._batch, skip
+                )
             )
         return counts
 
@@ -128,49 +139,73 @@ class MessagingAccountData:
                 lags[kind] = 0.0 if oldest is None else (now - oldest).total_seconds()
         return lags
 
-    async def _drain(self, claim: Callable[[Connection], Awaitable[list[asyncpg.Record]]]) -> int:
-        """Claims batches of rows, deletes their messages and rows, until none is left."""
+    async def _drain(self, claim: Claim) -> int:
+        """Claims batches of rows, deletes their messages and rows, until none is left.
+
+        A row whose delete fails keeps its row (committed with the rest of the batch) and
+        is passed over for the rest of this run, so one bad item cannot stop the purge of
+        the others; the next run retries it. A batch in which nothing could be deleted
+        (NATS unreachable) ends the run with an error instead of walking the backlog.
+
+        Raises:
+            JetStreamDeleteError: No delete of a batch succeeded.
+        """
         total = 0
+        skip: list[int] = []
         while True:
             async with self._pool.acquire() as conn, conn.transaction():
-                rows = await claim(conn)
+                rows = await claim(conn, skip)
                 if not rows:
                     return total
                 by_stream: dict[str, list[int]] = {}
                 for row in rows:
                     by_stream.setdefault(str(row["stream"]), []).append(int(row["seq"]))
+                done = 0
+                failed: list[int] = []
                 for stream, seqs in by_stream.items():
-                    await self.delete_messages(stream, seqs)
-                    await stored.delete(conn, stream, seqs)
-            total += len(rows)
+                    gone, errors = await self.delete_messages(stream, seqs)
+                    await stored.delete(conn, stream, gone)
+                    done += len(gone)
+                    failed += errors
+            total += done
+            if failed:
+                _log.error("purge_delete_failed", items=len(failed), deleted=done)
+                if not done:
+                    raise JetStreamDeleteError(f"{len(failed)} deletes failed, none succeeded")
+                skip += failed
 
-    async def delete_messages(self, stream: str, seqs: Iterable[int]) -> int:
+    async def delete_messages(
+        self, stream: str, seqs: Iterable[int]
+    ) -> tuple[list[int], list[int]]:
         """Deletes messages by sequence with ``concurrency`` requests in flight.
 
-        Returns how many JetStream still had (the rest were gone already).
-
-        Raises:
-            JetStreamDeleteError: A delete failed (the caller's transaction rolls back
-                and the rows are retried by the next run).
+        Returns:
+            (sequences gone now, deleted by this call or already gone; sequences whose
+            delete failed).
         """
         subject = f"$JS.API.STREAM.MSG.DELETE.{stream}"
         gate = asyncio.Semaphore(self._concurrency)
         erase = self._secure_erase
 
         async def one(seq: int) -> bool:
-            async with gate:
-                payload = json.dumps({"seq": seq, "no_erase": not erase}).encode()
-                reply = await self._nats.request(subject, payload, timeout=10)
-            answer = json.loads(reply.data)
-            error = answer.get("error")
-            if error is None:
-                return bool(answer.get("success"))
-            if error.get("err_code") == NO_MESSAGE:
+            try:
+                async with gate:
+                    payload = json.dumps({"seq": seq, "no_erase": not erase}).encode()
+                    reply = await self._nats.request(subject, payload, timeout=10)
+                answer = json.loads(reply.data)
+            except Exception as err:  # timeout, no responders (JetStream down)
+                _log.warning("purge_delete_error", error_type=type(err).__name__)
                 return False
-            raise JetStreamDeleteError(f"STREAM.MSG.DELETE: {error.get('description')}")
+            error = answer.get("error")
+            if error is None or _already_gone(error):
+                return True
+            _log.warning("purge_delete_refused", err_code=error.get("err_code"), stream=stream)
+            return False
 
-        results = await asyncio.gather(*(one(s) for s in seqs))
-        return sum(results)
+        ordered = list(seqs)
+        results = await asyncio.gather(*(one(s) for s in ordered))
+        gone = [s for s, ok in zip(ordered, results, strict=True) if ok]
+        return gone, [s for s, ok in zip(ordered, results, strict=True) if not ok]
 
     # ------------------------------------------------------------------ erasure
 
@@ -198,7 +233,9 @@ class MessagingAccountData:
         async with self._pool.acquire() as conn:
             items += await store.delete_account_cursors(conn, account)
         for _ in range(ERASE_ATTEMPTS):
-            items += await self._drain(lambda conn: stored.claim_naming(conn, account, self._batch))
+            items += await self._drain(
+                lambda conn, skip: stored.claim_naming(conn, account, self._batch, skip)
+            )
             # SKIP LOCKED passed over rows a concurrent purge holds; they are normally gone
             # when it commits, but if its run failed they are back and must go here.
             async with self._pool.acquire() as conn:
@@ -312,3 +349,9 @@ class MessagingAccountData:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _already_gone(error: dict[str, Any]) -> bool:
+    code = error.get("err_code")
+    text = str(error.get("description", "")).lower()
+    return code in (NO_MESSAGE, NO_SEQUENCE) or (code == DELETE_FAILED and NOT_FOUND_TEXT in text)

@@ -64,21 +64,23 @@ async def insert(conn: Connection, items: Sequence[Item]) -> None:
 
 
 async def claim_expired(
-    conn: Connection, stream: str, now: datetime, limit: int
+    conn: Connection, stream: str, now: datetime, limit: int, skip: Sequence[int] = ()
 ) -> list[asyncpg.Record]:
     """Up to ``limit`` expired rows of ``stream``, oldest expiry first, locked.
 
     ``SKIP LOCKED``: rows another replica's purge holds are left to it, so two purges
-    never delete (or count) the same item.
+    never delete (or count) the same item. ``skip``: sequences whose delete failed
+    earlier in this run.
     """
     return list(
         await conn.fetch(
             "SELECT stream, seq, subject FROM stored_messages"
-            " WHERE stream = $1 AND expires_at <= $2 ORDER BY expires_at LIMIT $3"
-            " FOR UPDATE SKIP LOCKED",
+            " WHERE stream = $1 AND expires_at <= $2 AND NOT (seq = ANY($4::bigint[]))"
+            " ORDER BY expires_at LIMIT $3 FOR UPDATE SKIP LOCKED",
             stream,
             now,
             limit,
+            list(skip),
         )
     )
 
@@ -118,14 +120,18 @@ async def oldest_expired(conn: Connection, stream: str, now: datetime) -> dateti
     return value if isinstance(value, datetime) else None
 
 
-async def claim_naming(conn: Connection, account_id: str, limit: int) -> list[asyncpg.Record]:
+async def claim_naming(
+    conn: Connection, account_id: str, limit: int, skip: Sequence[int] = ()
+) -> list[asyncpg.Record]:
     """Up to ``limit`` rows of items that name ``account_id`` in clear, locked (erasure)."""
     return list(
         await conn.fetch(
             "SELECT stream, seq, subject FROM stored_messages"
-            " WHERE named_account_ids @> ARRAY[$1::uuid] LIMIT $2 FOR UPDATE SKIP LOCKED",
+            " WHERE named_account_ids @> ARRAY[$1::uuid] AND NOT (seq = ANY($3::bigint[]))"
+            " LIMIT $2 FOR UPDATE SKIP LOCKED",
             account_id,
             limit,
+            list(skip),
         )
     )
 
