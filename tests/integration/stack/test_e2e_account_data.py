@@ -36,6 +36,7 @@ import grpc
 import nats
 import pytest
 from conclave.common.v1 import types_pb2
+from conclave.media.v1 import media_pb2, media_pb2_grpc
 from conclave.retention.v1 import retention_pb2, retention_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from nats.js.errors import NotFoundError
@@ -329,7 +330,9 @@ def _bearer(device: Device) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {device.credentials()['access_token']}"),)
 
 
-def use_every_feature(stack: RunningStack, tmp_path: Path) -> tuple[Device, Device, str]:
+def use_every_feature(
+    stack: RunningStack, tmp_path: Path
+) -> tuple[Device, Device, str, dict[str, Any]]:
     """alice: keys, 1:1 and group messages, a file, policies; a message read, one pending."""
     alice, bob = Device(stack, tmp_path / "alice"), Device(stack, tmp_path / "bob")
     for user in (alice, bob):
@@ -339,7 +342,7 @@ def use_every_feature(stack: RunningStack, tmp_path: Path) -> tuple[Device, Devi
     group = alice.json("group", "create", "family", bob.username)
     alice.json("send", "#family", "hello family")
     (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8 not really a jpeg " * 500)
-    alice.json("send-file", bob.username, str(tmp_path / "photo.jpg"))
+    sent_file = alice.json("send-file", bob.username, str(tmp_path / "photo.jpg"))
     bob.json("send", alice.username, "read this")
     assert [m["text"] for m in alice.listen(1)] == ["read this"]  # acked: a cursor
     bob.json("send", alice.username, "still waiting")  # pending for alice's device
@@ -362,7 +365,7 @@ def use_every_feature(stack: RunningStack, tmp_path: Path) -> tuple[Device, Devi
         metadata=_bearer(alice),
         timeout=10,
     )
-    return alice, bob, str(group["group_id"])
+    return alice, bob, str(group["group_id"]), sent_file
 
 
 # -- export --------------------------------------------------------------------------------
@@ -384,7 +387,7 @@ def test_every_data_map_item_is_mapped_to_the_export() -> None:
 def test_export_contains_everything_the_data_map_lists(
     peered_stack: RunningStack, tmp_path: Path
 ) -> None:
-    alice, _, group_id = use_every_feature(peered_stack, tmp_path)
+    alice, _, group_id, _ = use_every_feature(peered_stack, tmp_path)
     output = tmp_path / "out" / "export.json"
     output.parent.mkdir()
     summary = alice.json("export", "--output", str(output))
@@ -498,7 +501,7 @@ async def nats_hits(stack: RunningStack, needles: list[str]) -> dict[str, list[s
 async def test_delete_account_erases_the_account_everywhere(
     peered_stack: RunningStack, tmp_path: Path
 ) -> None:
-    alice, bob, _ = use_every_feature(peered_stack, tmp_path)
+    alice, bob, _, sent_file = use_every_feature(peered_stack, tmp_path)
     assert bob.totp is not None and alice.totp is not None
     account_id = alice.credentials()["account_id"]
     bob_id = bob.credentials()["account_id"]
@@ -558,6 +561,16 @@ async def test_delete_account_erases_the_account_everywhere(
         if pg[needle] or js[needle]
     }
     assert left == {}, f"erased account still stored: {left}"
+    # alice's file is gone from the media server (bob holds its id, from her message).
+    with grpc.insecure_channel(peered_stack.grpc["media"]) as channel:
+        download = media_pb2_grpc.MediaServiceStub(channel).Download(
+            media_pb2.DownloadRequest(media_id=sent_file["media_id"]),
+            metadata=_bearer(bob),
+            timeout=10,
+        )
+        with pytest.raises(grpc.RpcError) as gone_blob:
+            list(download)
+    assert gone_blob.value.code() == grpc.StatusCode.NOT_FOUND
     # bob's session still works, and alice is gone from his point of view.
     gone = bob.run("send", alice.username, "anyone there?")
     assert (
