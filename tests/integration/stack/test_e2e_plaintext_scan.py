@@ -143,6 +143,7 @@ async def test_no_plaintext_anywhere_in_the_stores(stack: RunningStack, tmp_path
     # NATS writes its file store behind the acknowledgement: rescan until the controls
     # are on disk, so the negative result below is about a store that holds our data.
     deadline = time.monotonic() + SCAN_SECONDS
+    started = time.monotonic()
     while True:
         found = scan(stack.data_dir, {**controls, **secrets_to_find})
         pg_ok = in_any(found, [k for k in controls if "PostgreSQL" in k], "postgres/")
@@ -150,6 +151,9 @@ async def test_no_plaintext_anywhere_in_the_stores(stack: RunningStack, tmp_path
         if (pg_ok and nats_ok) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    scanned = sum(p.stat().st_size for p in stack.data_dir.rglob("*") if p.is_file())
+    took = time.monotonic() - started
+    print(f"scanned {scanned / 1e6:.0f} MB under {stack.data_dir} in {took:.1f} s")
     assert pg_ok, {k: sorted(v)[:5] for k, v in found.items() if k in controls}
     assert nats_ok, {k: sorted(v)[:5] for k, v in found.items() if k in controls}
     leaks = {
