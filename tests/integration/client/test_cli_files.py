@@ -12,7 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -279,3 +284,52 @@ def test_upload_continues_across_streams_from_the_server_status(
         assert bytes(received) == ciphertext
         with pytest.raises(ClientError, match="different file"):
             media.download(media_id, received.extend, expected_digest=bytes(32))
+
+
+def test_a_killed_send_file_resumes_when_run_again(stack: RunningStack, tmp_path: Path) -> None:
+    """A real interruption: the CLI is frozen mid-upload, killed, and run again."""
+    alice, bob = Device(stack, tmp_path / "alice"), Device(stack, tmp_path / "bob")
+    for user in (alice, bob):
+        user.register()
+        user.login()
+    data = distinctive(40 * 1024 * 1024, b"KILLED-" + secrets.token_hex(6).encode())
+    source = tmp_path / "video.mp4"
+    source.write_bytes(data)
+    env = stack.client_env()
+    env["CONCLAVE_HOME"] = str(alice.home)
+    sender = subprocess.Popen(
+        [sys.executable, "-c", "from conclave_client.cli import main; main()", "send-file",
+         bob.username, str(source), "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    metadata = (("authorization", f"Bearer {alice.credentials()['access_token']}"),)
+    stored = 0
+    deadline = time.monotonic() + 60
+    with grpc.insecure_channel(stack.grpc["media"]) as channel:
+        stub = media_pb2_grpc.MediaServiceStub(channel)
+        while time.monotonic() < deadline and sender.poll() is None:
+            states = list((alice.home / "uploads").glob("*.json"))
+            media_id = json.loads(states[0].read_text())["media_id"] if states else ""
+            if media_id:
+                # Frozen, the process cannot move on while we look: no race with completion.
+                os.kill(sender.pid, signal.SIGSTOP)
+                status = stub.GetUploadStatus(
+                    media_pb2.GetUploadStatusRequest(media_id=media_id),
+                    metadata=metadata,
+                    timeout=10,
+                )
+                if 0 < status.next_offset < status.size_bytes:
+                    stored = int(status.next_offset)
+                    break
+                os.kill(sender.pid, signal.SIGCONT)
+            time.sleep(0.01)
+    sender.kill()
+    sender.wait(10)
+    if not stored:
+        pytest.fail("the upload was never caught half done")
+
+    resumed = alice.json("send-file", bob.username, str(source))
+    assert resumed["resumed_from"] is not None and resumed["resumed_from"] >= stored
+    _, content = received_file(bob)
+    assert content == data
+    assert list((alice.home / "uploads").iterdir()) == []
