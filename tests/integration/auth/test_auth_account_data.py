@@ -178,3 +178,27 @@ async def test_account_audit_ttl_follows_the_retention_policy(auth: AuthHarness)
     }
     assert counts[short_name] == 0
     assert counts[default_name] >= 1
+
+
+async def test_purge_of_kinds_auth_does_not_hold_purges_nothing(auth: AuthHarness) -> None:
+    """Asked only for media blobs, auth purges nothing (not "everything it holds")."""
+    await auth.register(unique("kept"))
+    auth.clock.advance(25 * 3600)  # the registration would be purged by an UNCONFIRMED run
+    signer = TokenSigner(auth.config.signing_key_id, auth.config.signing_key)
+    token = signer.mint(
+        account_id=str(uuid.uuid4()),
+        device_id=str(uuid.uuid4()),
+        session_id=str(uuid.uuid4()),
+        roles=("operator",),
+        now=int(auth.clock().timestamp()),
+    )
+    reply = await AccountDataServiceStub(auth.channel).PurgeExpired(
+        D.PurgeExpiredRequest(kinds=[D.PURGE_KIND_MEDIA_BLOBS]), metadata=bearer(token)
+    )
+    assert list(reply.counts) == []
+    left = await auth.runtime.resources.pool.fetchval(
+        "SELECT count(*) FROM accounts WHERE totp_confirmed_at IS NULL "
+        "AND enrollment_expires_at < $1",
+        auth.clock(),
+    )
+    assert left >= 1

@@ -133,6 +133,8 @@ async def run_purge(
 ) -> dict[int, int]:
     """Runs one purge of ``kinds`` (all held kinds when empty) and records its metrics."""
     wanted = frozenset(k for k in (kinds or provider.kinds) if k in provider.kinds)
+    if not wanted:  # asked only for kinds this server does not hold
+        return {}
     started = time.monotonic()
     try:
         counts = await provider.purge(wanted)

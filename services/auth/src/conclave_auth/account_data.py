@@ -147,7 +147,7 @@ async def purge(
     manager: AuthManager, kinds: list[int], now: datetime, audit_ttl_seconds: float
 ) -> dict[int, int]:
     """Deletes expired auth data of the given kinds; returns items deleted per kind."""
-    wanted = set(kinds) or set(ALL_KINDS)
+    wanted = set(kinds)
     counts: dict[int, int] = {}
     pool = manager.pool
     if D.PURGE_KIND_SESSIONS in wanted:
