@@ -333,3 +333,49 @@ def test_a_killed_send_file_resumes_when_run_again(stack: RunningStack, tmp_path
     _, content = received_file(bob)
     assert content == data
     assert list((alice.home / "uploads").iterdir()) == []
+
+
+class _LostConnection(grpc.RpcError):
+    """What a dropped connection raises mid-stream."""
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return "connection reset"
+
+
+def test_a_dropped_stream_is_retried_in_place(stack: RunningStack, tmp_path: Path) -> None:
+    """The first stream dies after two chunks: the client asks where the server stands and
+    continues in the same call, without the user running anything again."""
+    alice = Device(stack, tmp_path / "alice")
+    alice.register()
+    alice.login()
+    (tmp_path / "plain").write_bytes(secrets.token_bytes(4 * 1024 * 1024))
+    pointer = encrypt_file(tmp_path / "plain", tmp_path / "cipher")
+    ciphertext = (tmp_path / "cipher").read_bytes()
+    pauses: list[float] = []
+    with (
+        AuthClient(stack.grpc["auth"], CredentialStore(alice.home)) as auth,
+        MediaClient(stack.grpc["media"], auth, sleep=pauses.append) as media,
+    ):
+        real = media._stub.UploadChunks
+        attempts: list[int] = []
+
+        def flaky(chunks: Any, **kwargs: Any) -> Any:
+            attempts.append(1)
+            if len(attempts) == 1:
+                first_two = [next(chunks), next(chunks)]
+                real(iter(first_two), **kwargs)  # stored on the server...
+                raise _LostConnection  # ...but the answer never arrives
+            return real(chunks, **kwargs)
+
+        media._stub.UploadChunks = flaky  # type: ignore[method-assign]
+        media_id, _ = media.create_upload(len(ciphertext), pointer.digest)
+        with (tmp_path / "cipher").open("rb") as source:
+            final = media.upload(media_id, source)
+        assert final.complete and len(attempts) == 2
+        assert pauses == [0.0]  # progress was made: retried at once
+        received = bytearray()
+        media.download(media_id, received.extend, expected_digest=pointer.digest)
+        assert bytes(received) == ciphertext
