@@ -370,7 +370,7 @@ def test_a_dropped_stream_is_retried_in_place(stack: RunningStack, tmp_path: Pat
                 raise _LostConnection  # ...but the answer never arrives
             return real(chunks, **kwargs)
 
-        media._stub.UploadChunks = flaky  # type: ignore[method-assign]
+        media._stub.UploadChunks = flaky  # type: ignore[assignment]
         media_id, _ = media.create_upload(len(ciphertext), pointer.digest)
         with (tmp_path / "cipher").open("rb") as source:
             final = media.upload(media_id, source)
