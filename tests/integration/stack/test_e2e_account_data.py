@@ -15,15 +15,14 @@ payloads; the media object store is the stream ``OBJ_conclave_media``) is search
 account id and the username: nothing may remain. A positive control (bob, who was not
 erased) must be found by the same search.
 
-The stack is this module's own, with the retention server pointed at its peers' real ports
-(``CONCLAVE_RETENTION_PEER_*``): export and erasure call every other server.
+The stack is this module's own (the erasure scan reads every stored message, so a small
+store keeps it quick); export and erasure go through retention to every other server.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
 import stat
 import time
 import uuid
@@ -300,26 +299,21 @@ def resolve(document: Any, path: str) -> bool:
 # -- the module's stack --------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def peered_stack() -> Iterator[RunningStack]:
-    """A stack whose retention server knows where the four other servers listen."""
-    extra: dict[str, str] = {}
-    for name in SERVICES:
-        port = _free_port()
-        extra[f"CONCLAVE_{name.upper()}_GRPC_PORT"] = str(port)
-        if name != "retention":
-            extra[f"CONCLAVE_RETENTION_PEER_{name.upper()}"] = f"127.0.0.1:{port}"
+def _own_stack(extra: dict[str, str] | None = None) -> Iterator[RunningStack]:
     base = private_data_dir()
     running = start_stack(base / "data", launcher_env(extra))
     yield running
     running.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def peered_stack() -> Iterator[RunningStack]:
+    """This module's own stack (on free ports; the launcher points retention at its peers).
+
+    Its own, so the erasure scan reads every message of every stream of a small store.
+    """
+    yield from _own_stack()
 
 
 def _retention_stub(stack: RunningStack) -> retention_pb2_grpc.RetentionServiceStub:
@@ -585,17 +579,7 @@ FRESH_SECONDS = 4
 @pytest.fixture
 def short_fresh_stack() -> Iterator[RunningStack]:
     """A stack whose FRESH RPCs accept a sign-in of the last few seconds only."""
-    extra = {"CONCLAVE_FRESH_AUTH_SECONDS": str(FRESH_SECONDS)}
-    for name in SERVICES:
-        port = _free_port()
-        extra[f"CONCLAVE_{name.upper()}_GRPC_PORT"] = str(port)
-        if name != "retention":
-            extra[f"CONCLAVE_RETENTION_PEER_{name.upper()}"] = f"127.0.0.1:{port}"
-    base = private_data_dir()
-    running = start_stack(base / "data", launcher_env(extra))
-    yield running
-    running.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    yield from _own_stack({"CONCLAVE_FRESH_AUTH_SECONDS": str(FRESH_SECONDS)})
 
 
 def test_export_re_authenticates_a_stale_session(
