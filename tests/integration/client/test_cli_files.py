@@ -145,6 +145,12 @@ def test_send_file_direct_and_group_round_trip(stack: RunningStack, tmp_path: Pa
     assert f"[file] photo.jpg (70.0 kB) saved as {bob.home / 'downloads' / 'photo (1).jpg'}" in (
         listened
     )
+    # Escape sequences from the other side never reach the reader's terminal.
+    alice.json("send-file", bob.username, str(tmp_path / "photo.jpg"), "--name", "\x1b[2Jx.jpg",
+               "--text", "\x1b]0;owned\x07caption")  # fmt: skip
+    shown = bob.ok("listen", "--count", "1", "--timeout", "40")
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "[file] [2Jx.jpg (70.0 kB)" in shown and "\ufffd]0;owned\ufffdcaption" in shown
     missing = alice.run("send-file", bob.username, str(tmp_path / "nope.bin"))
     assert missing.returncode == 1
     assert missing.stderr == f"conclave: error: {tmp_path / 'nope.bin'}: no such file\n"

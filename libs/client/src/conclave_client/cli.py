@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -62,6 +63,7 @@ from conclave_client.files import (
     ciphertext_size,
     encrypt_file,
     guess_content_type,
+    safe_filename,
     save_attachment,
 )
 from conclave_client.keys_client import (
@@ -750,7 +752,7 @@ def _download(
     with _transfer_progress(args) as bar:
         # Progress counts ciphertext bytes: padding and tags make it a little larger.
         total = ciphertext_size(attachment.size)
-        track = _tracker(bar, f"receiving {escape(attachment.name)}", total)
+        track = _tracker(bar, f"receiving {escape(safe_filename(attachment.name))}", total)
 
         def fetch(sink: Callable[[bytes], None]) -> None:
             media.download(
@@ -1259,6 +1261,17 @@ def _cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _printable(text: str) -> str:
+    """``text`` without control characters (other than newline and tab).
+
+    Message texts, captions, file and group names come from other people: an escape
+    sequence in them must not drive the reader's terminal.
+    """
+    return "".join(
+        ch if ch in "\n\t" or unicodedata.category(ch)[0] != "C" else "\ufffd" for ch in text
+    )
+
+
 def _print_message(
     message: Message, as_json: bool, saved: Path | None = None, error: str | None = None
 ) -> None:
@@ -1279,12 +1292,12 @@ def _print_message(
         where = message.sender
     if message.is_file:
         a = message.attachment
-        what = f"[file] {a.name} ({_human_bytes(a.size)})" if a else "[file]"
+        what = f"[file] {safe_filename(a.name)} ({_human_bytes(a.size)})" if a else "[file]"
         where_saved = f" saved as {saved}" if saved is not None else " (not saved)"
         caption = f" {message.text}" if message.text else ""
-        print(f"{when} {where}: {what}{where_saved}{caption}", flush=True)
+        print(_printable(f"{when} {where}: {what}{where_saved}{caption}"), flush=True)
         return
-    print(f"{when} {where}: {message.text}", flush=True)
+    print(_printable(f"{when} {where}: {message.text}"), flush=True)
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
@@ -1306,7 +1319,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
             elif message.is_file:
                 error = message.attachment_error
             if error:
-                name = message.attachment.name if message.attachment else "attachment"
+                name = safe_filename(message.attachment.name) if message.attachment else "file"
                 print(
                     f"conclave: error: message {message.id}: {name} not saved: {error}",
                     file=sys.stderr,
