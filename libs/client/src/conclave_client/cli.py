@@ -1388,7 +1388,7 @@ def _cmd_group_list(args: argparse.Namespace) -> int:
         _print_json([{"name": n, "group_id": g} for n, g in groups])
         return EXIT_OK
     for name, group_id in groups:
-        print(f"#{name}  {group_id}")
+        print(_printable(f"#{name}  {group_id}"))  # names come from other members
     return EXIT_OK
 
 
