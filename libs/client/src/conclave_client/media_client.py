@@ -304,6 +304,8 @@ class MediaClient:
                         raise ClientError("the media server offers a different file (digest)")
                     if item.offset != received:
                         raise ClientError("the media server sent data out of order")
+                    if size < 0 or received + len(item.data) > size:
+                        raise ClientError("the media server sent more data than it announced")
                     sink(bytes(item.data))
                     received += len(item.data)
                     if progress is not None:
