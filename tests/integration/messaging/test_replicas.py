@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2 as M
 from conclave.messaging.v1 import messaging_pb2_grpc
 from conclave_kit.runtime import ServiceRuntime
 from conclave_messaging.config import MessagingConfig
+from conclave_messaging.policy import POLICY_CHANGED
 from conclave_messaging.server import build_spec
 
 from tests.integration.messaging.conftest import Listener, MessagingHarness
@@ -105,5 +107,36 @@ async def test_a_stream_on_another_replica_replaces_the_older(
         assert on_a.error is not None and on_a.error.code() == grpc.StatusCode.ABORTED
         await asyncio.sleep(0.1)
         assert not on_b.done.is_set()
+    finally:
+        await on_b.close()
+
+
+async def test_a_policy_change_reaches_participants_on_every_replica(
+    messaging: MessagingHarness, replica: messaging_pb2_grpc.MessagingServiceAsyncStub
+) -> None:
+    """Each replica follows policy_changed and pushes to the streams it holds."""
+    alice, bob = messaging.device(), messaging.device()
+    group = await messaging.group(alice, bob)
+    on_a = await messaging.subscribe(alice)
+    on_b = Listener(replica.Subscribe(M.SubscribeRequest(), metadata=bob.md))
+    on_b.task = asyncio.create_task(on_b.run())
+    try:
+        async with asyncio.timeout(5):
+            await on_b.caught_up.wait()
+        event = events_pb2.RetentionPolicyChanged(
+            event_id=str(uuid.uuid4()), account_id=alice.account_id
+        )
+        event.conversation.group_id = group.group_id
+        event.policy.disappearing_message_timer.FromSeconds(120)
+        await messaging.runtime.resources.js.publish(
+            POLICY_CHANGED, event.SerializeToString(), headers={"Nats-Msg-Id": event.event_id}
+        )
+        for listener in (on_a, on_b):
+            async with asyncio.timeout(5):
+                while not any(i.HasField("policy_change") for i in listener.items):
+                    listener.changed.clear()
+                    await listener.changed.wait()
+            (item,) = [i for i in listener.items if i.HasField("policy_change")]
+            assert item.policy_change.disappearing_message_timer.seconds == 120
     finally:
         await on_b.close()
