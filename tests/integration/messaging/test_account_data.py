@@ -202,15 +202,17 @@ async def test_export_lists_groups_cursors_pending_and_sent_metadata(
         async for c in stub.ExportAccountData(D.ExportAccountDataRequest(), metadata=alice.md)
     ]
     section = json.loads(b"".join(chunks))
-    assert section["groups"] == [
-        {
-            "group_id": group.group_id,
-            "role": "MEMBER_ROLE_ADMIN",
-            "joined_at": section["groups"][0]["joined_at"],
-            "membership_version": group.membership_version,
-            "member_count": 2,
-        }
-    ]
+    (exported,) = section["groups"]
+    assert exported["group_id"] == group.group_id
+    assert exported["role"] == "MEMBER_ROLE_ADMIN"
+    assert exported["membership_version"] == group.membership_version
+    assert exported["member_count"] == 2
+    assert exported["created_by"] == alice.account_id  # the creator joins without "added_by"
+    assert exported["added_by"] is None
+    assert {"joined_at", "created_at", "updated_at", "max_members", "encrypted_metadata"} <= set(
+        exported
+    )
+    assert section["groups_created_and_left"] == []
     cursors = {c["conversation"]: c for c in section["device_cursors"]}
     assert cursors[group.group_id]["device_id"] == alice.device_id
     assert cursors[group.group_id]["acked_seq"] > 0

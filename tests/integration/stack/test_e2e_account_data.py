@@ -148,6 +148,12 @@ EXPORTED: dict[str, str] = {
     "messaging.groups.group_id": "messaging.groups[].group_id",
     "messaging.groups.membership_version": "messaging.groups[].membership_version",
     "messaging.groups.member_count": "messaging.groups[].member_count",
+    "messaging.groups.max_members": "messaging.groups[].max_members",
+    "messaging.groups.created_by": "messaging.groups[].created_by",
+    "messaging.groups.encrypted_metadata": "messaging.groups[].encrypted_metadata",
+    "messaging.groups.created_at": "messaging.groups[].created_at",
+    "messaging.groups.updated_at": "messaging.groups[].updated_at",
+    "messaging.members.added_by": "messaging.groups[].added_by",
     "messaging.members.group_id": "messaging.groups[].group_id",
     "messaging.members.account_id": A,
     "messaging.members.role": "messaging.groups[].role",
@@ -251,12 +257,6 @@ NOT_ACCOUNT_DATA: dict[str, str] = {
 """Data-map items that are not data about the account (or cannot exist while it can export)."""
 
 GAPS: dict[str, str] = {
-    "messaging.groups.created_by": "who created a group the account is in is not exported",
-    "messaging.groups.encrypted_metadata": "the (encrypted) group metadata is not exported",
-    "messaging.groups.max_members": "not exported",
-    "messaging.groups.created_at": "not exported",
-    "messaging.groups.updated_at": "not exported",
-    "messaging.members.added_by": "who added the account is not exported",
     "nats.CONCLAVE_EVENTS": "the account's events (7 days) are not exported",
 }
 """Data-map items that are about the account but absent from the export (reported)."""

@@ -24,6 +24,7 @@ measurements"): a real backlog would keep the purge lag alert firing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -257,6 +258,7 @@ class MessagingAccountData:
         account = who.account_id
         async with self._pool.acquire() as conn:
             groups = await store.account_groups(conn, account)
+            created = await store.groups_created_not_member(conn, account)
             cursors = await store.account_cursors(conn, account)
             mailbox_rows = await stored.for_recipient(conn, account)
             sent_rows = await stored.sent_by(conn, account)
@@ -290,8 +292,21 @@ class MessagingAccountData:
                     "joined_at": _iso(g["joined_at"]),
                     "membership_version": int(g["membership_version"]),
                     "member_count": int(g["member_count"]),
+                    "max_members": int(g["max_members"]),
+                    "created_by": _str_or_none(g["created_by"]),
+                    "added_by": _str_or_none(g["added_by"]),
+                    "created_at": _iso(g["created_at"]),
+                    "updated_at": _iso(g["updated_at"]),
+                    # Name, description and avatar as the clients encrypted them.
+                    "encrypted_metadata": base64.b64encode(
+                        bytes(g["encrypted_metadata"] or b"")
+                    ).decode(),
                 }
                 for g in groups
+            ],
+            "groups_created_and_left": [
+                {"group_id": str(g["group_id"]), "created_at": _iso(g["created_at"])}
+                for g in created
             ],
             "device_cursors": [
                 {
@@ -345,6 +360,10 @@ class MessagingAccountData:
             "ciphertext_bytes": len(delivery.ciphertext),
             "stored_bytes": int(row["size_bytes"]),
         }
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _iso(moment: datetime) -> str:

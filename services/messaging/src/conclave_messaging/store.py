@@ -357,9 +357,23 @@ async def account_groups(conn: Connection, account_id: str) -> list[asyncpg.Reco
     """The account's memberships with their groups (export)."""
     return list(
         await conn.fetch(
-            "SELECT g.group_id, g.membership_version, g.member_count, m.role, m.joined_at,"
-            " m.join_seq FROM members m JOIN groups g USING (group_id)"
+            "SELECT g.group_id, g.membership_version, g.member_count, g.max_members,"
+            " g.created_by, g.encrypted_metadata, g.created_at, g.updated_at,"
+            " m.role, m.joined_at, m.join_seq, m.added_by"
+            " FROM members m JOIN groups g USING (group_id)"
             " WHERE m.account_id = $1 ORDER BY m.group_id",
+            account_id,
+        )
+    )
+
+
+async def groups_created_not_member(conn: Connection, account_id: str) -> list[asyncpg.Record]:
+    """Groups the account created and has since left (they still name it; export)."""
+    return list(
+        await conn.fetch(
+            "SELECT g.group_id, g.created_at FROM groups g WHERE g.created_by = $1"
+            " AND NOT EXISTS (SELECT 1 FROM members m"
+            " WHERE m.group_id = g.group_id AND m.account_id = $1) ORDER BY g.group_id",
             account_id,
         )
     )
