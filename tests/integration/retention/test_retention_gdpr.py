@@ -18,6 +18,7 @@ from conclave.events.v1 import events_pb2
 from conclave.retention.v1 import retention_pb2 as R
 from conclave_kit.nats_bus import EVENTS_STREAM
 from conclave_kit.outbox import OutboxRelay
+from conclave_retention.scrub import events_naming
 from google.protobuf.duration_pb2 import Duration
 from nats.js import api
 from prometheus_client import REGISTRY
@@ -202,6 +203,15 @@ async def test_export_assembles_every_section_and_is_rate_limited(
         R.SetAccountPolicyRequest(policy=R.RetentionPolicy(media_ttl=Duration(seconds=86400))),
         metadata=bearer(tokens),
     )
+    # The policy change reaches CONCLAVE_EVENTS through retention's outbox relay.
+    js = deployment.auth.runtime.resources.js
+    for _ in range(100):
+        if any(
+            e["subject"] == "conclave.events.retention.policy_changed"
+            for e in await events_naming(js, account_id)
+        ):
+            break
+        await asyncio.sleep(0.1)
     raw = await _export(deployment, bearer(tokens), timeout=20)
     document = json.loads(raw)
     assert list(document) == ["format", "account_id", "generated_at", "services"]
@@ -220,6 +230,17 @@ async def test_export_assembles_every_section_and_is_rate_limited(
     mine = document["services"]["retention"]
     assert mine["account_policy"]["media_ttl_seconds"] == 86400
     assert mine["erasure_requests"] == []
+    # Every CONCLAVE_EVENTS message naming the account, decoded: here at least auth's audit
+    # events and retention's policy change.
+    subjects = {e["subject"] for e in mine["events"]}
+    assert {
+        "conclave.events.audit.recorded",
+        "conclave.events.retention.policy_changed",
+    } <= subjects
+    changed = next(
+        e for e in mine["events"] if e["subject"] == "conclave.events.retention.policy_changed"
+    )
+    assert changed["event"]["accountId"] == account_id
 
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _export(deployment, bearer(tokens))

@@ -231,6 +231,7 @@ EXPORTED: dict[str, str] = {
     "nats.MSG_GROUPS": "messaging.sent_messages_stored[].group_id",
     "nats.conclave_media": "media.blobs[].size_bytes",
     "nats.OBJ_conclave_media": "media.blobs[].chunks_received",
+    "nats.CONCLAVE_EVENTS": "retention.events[].event",
 }
 """Data-map item -> where the export carries it (``?``: the section, possibly empty)."""
 
@@ -257,7 +258,6 @@ NOT_ACCOUNT_DATA: dict[str, str] = {
 """Data-map items that are not data about the account (or cannot exist while it can export)."""
 
 GAPS: dict[str, str] = {
-    "nats.CONCLAVE_EVENTS": "the account's events (7 days) are not exported",
 }
 """Data-map items that are about the account but absent from the export (reported)."""
 

@@ -1,8 +1,10 @@
 """Retention's own share of exports, purges and erasures (an ``AccountDataProvider``).
 
 - Export: the account's policy, the conversation policies it set or is a party to, the
-  group memberships retention learned, its export rate-limit bucket, and its pending
-  erasure requests (normally none: an account being erased has no session left to ask).
+  group memberships retention learned, its export rate-limit bucket, its pending
+  erasure requests (normally none: an account being erased has no session left to ask),
+  and every ``CONCLAVE_EVENTS`` message naming the account, decoded (one read of the
+  stream, at most 7 days; exports are rate limited).
   Erasure ids are never exported (they are credentials).
 - Purge (``PURGE_KIND_BOOKKEEPING``): erasure records 30 days after completion, and
   rate-limit buckets idle long enough to be full again.
@@ -25,9 +27,11 @@ import asyncpg
 from conclave.common.v1 import account_data_pb2 as D
 from conclave_kit.ratelimit import RateLimiter
 from conclave_kit.tokens import Claims
+from nats.js import JetStreamContext
 
 from conclave_retention import store
 from conclave_retention.manager import caller_account
+from conclave_retention.scrub import events_naming
 
 ERASURE_RECORD_DAYS = 30
 # The export bucket (capacity 1) is full again one export interval after its last use;
@@ -55,10 +59,17 @@ class RetentionAccountData:
     service: str = "retention"
     kinds: tuple[int, ...] = (D.PURGE_KIND_BOOKKEEPING,)
 
-    def __init__(self, pool: asyncpg.Pool, clock: Clock, export_interval_seconds: float) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        clock: Clock,
+        export_interval_seconds: float,
+        js: JetStreamContext | None = None,
+    ) -> None:
         self._pool = pool
         self._clock = clock
         self._idle_bucket_seconds = export_interval_seconds
+        self._js = js
 
     async def export(self, claims: Claims) -> dict[str, Any]:
         """Retention's section of the caller's export.
@@ -92,7 +103,11 @@ class RetentionAccountData:
                 "WHERE e.account_id = $1 GROUP BY e.id_hash",
                 account,
             )
+        # The events naming the account (CONCLAVE_EVENTS keeps 7 days): read here because
+        # retention is the server that scrubs them at erasure.
+        events = [] if self._js is None else await events_naming(self._js, account)
         return {
+            "events": events,
             "account_policy": None
             if policy is None
             else {

@@ -28,10 +28,14 @@ erasure's duration would miss it for the other accounts too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
+from conclave.events.v1 import events_pb2
 from conclave_kit.logs import get_logger
 from conclave_kit.nats_bus import EVENTS_STREAM, EVENTS_SUBJECTS
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
@@ -58,19 +62,15 @@ def _names_account(msg: Msg, needles: Sequence[bytes]) -> bool:
     return False
 
 
-async def scrub_events(js: JetStreamContext, account_ids: Sequence[str]) -> tuple[int, int]:
-    """Deletes every CONCLAVE_EVENTS message naming one of ``account_ids``.
+async def scan_events(js: JetStreamContext) -> AsyncIterator[Msg]:
+    """Yields every CONCLAVE_EVENTS message, oldest first, until the scan has caught up.
 
-    Reads up to the stream's last message at the time the scan catches up (messages
-    published meanwhile are read too).
-
-    Returns:
-        (messages scanned, messages deleted).
+    Messages published while the scan runs are read too (the consumer follows the stream).
+    The consumer is ephemeral, in memory and without acks: nothing is left behind.
     """
-    needles = _needles(account_ids)
     info = await js.stream_info(EVENTS_STREAM)
-    if not needles or info.state.messages == 0:
-        return 0, 0
+    if info.state.messages == 0:
+        return
     sub = await js.pull_subscribe(
         EVENTS_SUBJECTS[0],
         stream=EVENTS_STREAM,
@@ -83,7 +83,6 @@ async def scrub_events(js: JetStreamContext, account_ids: Sequence[str]) -> tupl
         ),
     )
     consumer = (await sub.consumer_info()).name
-    scanned = deleted = 0
     try:
         while True:
             try:
@@ -91,13 +90,7 @@ async def scrub_events(js: JetStreamContext, account_ids: Sequence[str]) -> tupl
             except NatsTimeoutError:  # FetchTimeoutError too: nothing arrived in time
                 batch = []
             for msg in batch:
-                scanned += 1
-                if _names_account(msg, needles):
-                    with contextlib.suppress(NotFoundError):  # deleted meanwhile
-                        await js.delete_msg(EVENTS_STREAM, msg.metadata.sequence.stream)
-                    deleted += 1
-            # Done once the consumer has nothing left: that includes messages published
-            # while the scan ran (the consumer keeps following the stream).
+                yield msg
             if len(batch) < _BATCH and (await sub.consumer_info()).num_pending == 0:
                 break
     finally:
@@ -105,5 +98,62 @@ async def scrub_events(js: JetStreamContext, account_ids: Sequence[str]) -> tupl
             await sub.unsubscribe()
         with contextlib.suppress(Exception):
             await js.delete_consumer(EVENTS_STREAM, consumer)
+
+
+async def scrub_events(js: JetStreamContext, account_ids: Sequence[str]) -> tuple[int, int]:
+    """Deletes every CONCLAVE_EVENTS message naming one of ``account_ids``.
+
+    Returns:
+        (messages scanned, messages deleted).
+    """
+    needles = _needles(account_ids)
+    if not needles:
+        return 0, 0
+    scanned = deleted = 0
+    async for msg in scan_events(js):
+        scanned += 1
+        if _names_account(msg, needles):
+            with contextlib.suppress(NotFoundError):  # deleted meanwhile
+                await js.delete_msg(EVENTS_STREAM, msg.metadata.sequence.stream)
+            deleted += 1
     _log.info("events_scrubbed", scanned=scanned, deleted=deleted)
     return scanned, deleted
+
+
+# Payload type of each event subject (proto/conclave/events/v1, docs/api.md).
+_EVENT_TYPES: dict[str, type[Message]] = {
+    "conclave.events.session.revoked": events_pb2.SessionRevoked,
+    "conclave.events.account.deleted": events_pb2.AccountDeleted,
+    "conclave.events.erasure.completed": events_pb2.ErasureCompleted,
+    "conclave.events.device.removed": events_pb2.DeviceRemoved,
+    "conclave.events.prekeys.low": events_pb2.PrekeysLow,
+    "conclave.events.group.membership": events_pb2.GroupMembership,
+    "conclave.events.retention.policy_changed": events_pb2.RetentionPolicyChanged,
+    "conclave.events.audit.recorded": events_pb2.AuditRecorded,
+}
+
+
+async def events_naming(js: JetStreamContext, account_id: str) -> list[dict[str, Any]]:
+    """Every CONCLAVE_EVENTS message naming the account, decoded (the export's events).
+
+    One read of the stream (at most its 7-day age limit); exports are rate limited.
+    """
+    needles = _needles([account_id])
+    found: list[dict[str, Any]] = []
+    async for msg in scan_events(js):
+        if not _names_account(msg, needles):
+            continue
+        entry: dict[str, Any] = {
+            "subject": msg.subject,
+            "stream_seq": msg.metadata.sequence.stream,
+            "stored_at": msg.metadata.timestamp.isoformat(),
+        }
+        kind = _EVENT_TYPES.get(msg.subject)
+        try:
+            if kind is None:
+                raise ValueError(msg.subject)
+            entry["event"] = json_format.MessageToDict(kind.FromString(msg.data))
+        except Exception:  # unknown or undecodable: still listed, as its size
+            entry["payload_bytes"] = len(msg.data)
+        found.append(entry)
+    return found

@@ -61,7 +61,7 @@ def build_spec(
         resources.on_shutdown(peers.close)
         manager = RetentionManager(config, resources.pool, relay, **extra)
         provider = RetentionAccountData(
-            resources.pool, clock or _utcnow, config.export_interval_seconds
+            resources.pool, clock or _utcnow, config.export_interval_seconds, resources.js
         )
         account_data.provider = provider
         erasure = ErasureManager(
