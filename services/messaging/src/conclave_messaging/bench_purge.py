@@ -20,6 +20,9 @@ scheduled purge and ``PurgeExpired`` call). Prints JSON lines:
   bytes each) is stored and indexed,
   the clock moved past their expiry, and one purge run timed: ``items_per_s``, the purge
   lag before and after, and ``drain_s`` (how long the backlog adds to the purge lag).
+* ``purge_raw_nats_baseline``: the same backlog deleted by plain nats-py in the same run
+  (``msg_delete``: by sequence, same requests in flight, no PostgreSQL; ``purge_subject``:
+  one STREAM.PURGE per subject).
 * ``purge_two_replicas``: the same backlog purged by two providers at once (two
   connections, ``SKIP LOCKED``): throughput and that the counts add up to the backlog.
 
@@ -177,6 +180,67 @@ async def bench_purge(
     }
 
 
+async def bench_raw_baseline(
+    runtime: ServiceRuntime, args: argparse.Namespace, concurrency: int
+) -> list[dict[str, Any]]:
+    """The same backlog deleted by plain nats-py, with no index and no service code.
+
+    Two baselines in the same run: ``STREAM.MSG.DELETE`` by sequence with the same requests
+    in flight (what the service does, minus PostgreSQL), and one ``STREAM.PURGE`` per
+    subject (1,100 subjects: possible only when everything on a subject expires together,
+    which per-message timers do not guarantee).
+    """
+    nats = runtime.resources.nats
+    pool = runtime.resources.pool
+    results = []
+    for method in ("msg_delete", "purge_subject"):
+        items = await fill(
+            runtime, args.backlog, args.payload, datetime.now(UTC) + timedelta(seconds=120)
+        )
+        await pool.execute("TRUNCATE stored_messages")  # baseline: JetStream alone
+        gate = asyncio.Semaphore(concurrency)
+
+        async def request(
+            subject: str, body: dict[str, Any], gate: asyncio.Semaphore = gate
+        ) -> None:
+            async with gate:
+                await nats.request(subject, json.dumps(body).encode(), timeout=30)
+
+        started = time.perf_counter()
+        if method == "msg_delete":
+            await asyncio.gather(
+                *(
+                    request(
+                        f"$JS.API.STREAM.MSG.DELETE.{item.stream}",
+                        {"seq": item.seq, "no_erase": True},
+                    )
+                    for item in items
+                )
+            )
+            requests = len(items)
+        else:
+            subjects = sorted({(item.stream, item.subject) for item in items})
+            await asyncio.gather(
+                *(request(f"$JS.API.STREAM.PURGE.{st}", {"filter": sub}) for st, sub in subjects)
+            )
+            requests = len(subjects)
+        seconds = time.perf_counter() - started
+        results.append(
+            {
+                "bench": "purge_raw_nats_baseline",
+                "method": method,
+                "backlog": len(items),
+                "payload_bytes": args.payload,
+                "fsync_always": args.fsync_always,
+                "concurrency": concurrency,
+                "requests": requests,
+                "seconds": round(seconds, 2),
+                "items_per_s": round(len(items) / seconds),
+            }
+        )
+    return results
+
+
 async def bench_send_cost(
     runtime: ServiceRuntime, servicer: MessagingServiceServicer, stack: Stack, sends: int
 ) -> list[dict[str, Any]]:
@@ -299,6 +363,8 @@ async def run(args: argparse.Namespace) -> None:
                             runtime, servicer, clock, args, concurrency, mode == "erase"
                         )
                         print(json.dumps({"bench": "purge", **result}), flush=True)
+                for line in await bench_raw_baseline(runtime, args, args.concurrency[-1]):
+                    print(json.dumps(line), flush=True)
                 if args.replicas:
                     result = await bench_purge(
                         runtime, servicer, clock, args, args.concurrency[-1], False, replicas=2
