@@ -223,9 +223,9 @@ EXPORTED: dict[str, str] = {
     "retention.group_members.membership_version": (
         "retention.group_memberships[].membership_version"
     ),
-    "retention.rate_limit_buckets.bucket": "retention.rate_limits?",
-    "retention.rate_limit_buckets.tokens": "retention.rate_limits?",
-    "retention.rate_limit_buckets.updated_at": "retention.rate_limits?",
+    "retention.rate_limit_buckets.bucket": "retention.rate_limit_buckets?",
+    "retention.rate_limit_buckets.tokens": "retention.rate_limit_buckets?",
+    "retention.rate_limit_buckets.updated_at": "retention.rate_limit_buckets?",
     # NATS
     "nats.MSG_DIRECT": "messaging.pending_messages[].message_id",
     "nats.MSG_GROUPS": "messaging.sent_messages_stored[].group_id",
@@ -257,8 +257,7 @@ NOT_ACCOUNT_DATA: dict[str, str] = {
 }
 """Data-map items that are not data about the account (or cannot exist while it can export)."""
 
-GAPS: dict[str, str] = {
-}
+GAPS: dict[str, str] = {}
 """Data-map items that are about the account but absent from the export (reported)."""
 
 

@@ -29,7 +29,8 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from conclave.common.v1 import account_data_pb2 as D
@@ -37,13 +38,13 @@ from conclave.common.v1 import types_pb2
 from conclave.events.v1 import events_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
 
 from conclave_kit.auth import current_claims
 from conclave_kit.errors import InvalidArgument, Unavailable
 from conclave_kit.logs import get_logger
-from conclave_kit.nats_bus import EVENTS_STREAM
+from conclave_kit.nats_bus import EVENTS_STREAM, subscribe_events
 from conclave_kit.tokens import Claims
 
 ACCOUNT_DELETED = "conclave.events.account.deleted"
@@ -85,6 +86,36 @@ _SERVICE_NAMES = {
 def kind_label(kind: int) -> str:
     """The metrics label of a purge kind (``PURGE_KIND_MEDIA_BLOBS`` -> ``media_blobs``)."""
     return D.PurgeKind.Name(kind).removeprefix("PURGE_KIND_").lower()  # type: ignore[arg-type]
+
+
+def iso(moment: datetime | None) -> str | None:
+    """An export timestamp: RFC 3339 (ISO 8601 with offset), or None."""
+    return None if moment is None else moment.isoformat()
+
+
+async def rate_limit_buckets(db: Any, keys: Sequence[str]) -> list[dict[str, Any]]:
+    """The export of the rate-limit buckets keyed by any of ``keys`` (account, devices).
+
+    Bucket names are ``<limit name>:<key>`` (:mod:`conclave_kit.ratelimit`); ``db`` is a
+    pool or connection on the service's schema.
+    """
+    rows = await db.fetch(
+        "SELECT bucket, tokens, updated_at FROM rate_limit_buckets "
+        "WHERE bucket LIKE ANY($1::text[]) ORDER BY bucket",
+        [f"%:{key}" for key in keys],
+    )
+    out = []
+    for row in rows:
+        limit, _, key = str(row["bucket"]).rpartition(":")
+        out.append(
+            {
+                "limit": limit,
+                "key": key,
+                "tokens": row["tokens"],
+                "updated_at": iso(row["updated_at"]),
+            }
+        )
+    return out
 
 
 class AccountDataProvider(Protocol):
@@ -301,15 +332,7 @@ async def consume_erasures(js: JetStreamContext, provider: AccountDataProvider) 
         _log.info("account_erased", items=items)
         await msg.ack()
 
-    await js.subscribe(
-        ACCOUNT_DELETED,
-        queue=durable,
-        durable=durable,
-        cb=handle,
-        manual_ack=True,
-        stream=EVENTS_STREAM,
-        config=api.ConsumerConfig(ack_wait=120, max_deliver=50),
-    )
+    await subscribe_events(js, ACCOUNT_DELETED, durable, handle, ack_wait=120, max_deliver=50)
 
 
 def init_series(provider: AccountDataProvider) -> None:

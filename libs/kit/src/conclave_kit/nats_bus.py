@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 
 import nats
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -145,3 +146,31 @@ async def ensure_consumer(
         nats.js.errors.Error: The server rejected the configuration.
     """
     return await js.add_consumer(stream, config)
+
+
+async def subscribe_events(
+    js: JetStreamContext,
+    subject: str,
+    durable: str,
+    cb: Callable[[Msg], Awaitable[None]],
+    *,
+    ack_wait: float,
+    max_deliver: int,
+) -> None:
+    """Consumes ``CONCLAVE_EVENTS`` ``subject`` through a durable consumer of the service.
+
+    The consumer is shared by the service's replicas (deliver group ``durable``), so each
+    event is handled once per deployment and none is lost while the service is down. The
+    handler acknowledges: ``ack`` when done, ``term`` for a malformed event, nothing (or
+    ``nak``) to have it redelivered after ``ack_wait`` seconds, at most ``max_deliver``
+    times.
+    """
+    await js.subscribe(
+        subject,
+        queue=durable,
+        durable=durable,
+        cb=cb,
+        manual_ack=True,
+        stream=EVENTS_STREAM,
+        config=api.ConsumerConfig(ack_wait=ack_wait, max_deliver=max_deliver),
+    )

@@ -14,6 +14,7 @@ from typing import Any
 
 from conclave.auth.v1 import auth_pb2 as A
 from conclave.common.v1 import account_data_pb2 as D
+from conclave_kit.account_data import iso, rate_limit_buckets
 from conclave_kit.ratelimit import RateLimiter
 from conclave_kit.tokens import Claims
 
@@ -26,10 +27,6 @@ ALL_KINDS = (
     D.PURGE_KIND_AUDIT_EVENTS,
     D.PURGE_KIND_BOOKKEEPING,
 )
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any]:
@@ -61,34 +58,30 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
         audit = await conn.fetch(
             "SELECT * FROM audit_events WHERE account_id = $1 ORDER BY occurred_at", key
         )
-        buckets = await conn.fetch(
-            "SELECT bucket, tokens, updated_at FROM rate_limit_buckets "
-            "WHERE bucket LIKE '%:' || $1 ORDER BY bucket",
-            account_id,
-        )
+        buckets = await rate_limit_buckets(conn, [account_id])
     tokens_by_session: dict[str, list[dict[str, Any]]] = {}
     for t in tokens:
         tokens_by_session.setdefault(str(t["session_id"]), []).append(
-            {"issued_at": _iso(t["issued_at"]), "used_at": _iso(t["used_at"])}
+            {"issued_at": iso(t["issued_at"]), "used_at": iso(t["used_at"])}
         )
     return {
         "account": {
             "account_id": account_id,
             "username": account["username"],
-            "created_at": _iso(account["created_at"]),
-            "password": {"set": True, "changed_at": _iso(account["password_changed_at"])},
+            "created_at": iso(account["created_at"]),
+            "password": {"set": True, "changed_at": iso(account["password_changed_at"])},
             "totp": {
                 "enrolled": True,
-                "confirmed_at": _iso(account["totp_confirmed_at"]),
+                "confirmed_at": iso(account["totp_confirmed_at"]),
                 "last_used_time_step": account["totp_last_step"],
                 "change_pending": account["pending_totp_secret"] is not None,
-                "change_expires_at": _iso(account["pending_totp_expires_at"]),
+                "change_expires_at": iso(account["pending_totp_expires_at"]),
             },
             "enrollment": {
                 "token_outstanding": account["enrollment_token_hash"] is not None,
-                "expires_at": _iso(account["enrollment_expires_at"]),
+                "expires_at": iso(account["enrollment_expires_at"]),
             },
-            "recovery_codes": [{"used_at": _iso(c["used_at"])} for c in codes],
+            "recovery_codes": [{"used_at": iso(c["used_at"])} for c in codes],
             "device_approval_required": account["device_approval_required"],
             "audit_log_ttl_seconds": account["audit_log_ttl_seconds"],
         },
@@ -98,8 +91,8 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
                 "name": d["name"],
                 "platform": A.Platform.Name(d["platform"]),
                 "approval_state": A.DeviceApprovalState.Name(d["approval_state"]),
-                "created_at": _iso(d["created_at"]),
-                "last_seen_at": _iso(d["last_seen_at"]),
+                "created_at": iso(d["created_at"]),
+                "last_seen_at": iso(d["last_seen_at"]),
             }
             for d in devices
         ],
@@ -107,12 +100,12 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
             {
                 "session_id": str(s["session_id"]),
                 "device_id": str(s["device_id"]),
-                "auth_time": _iso(s["auth_time"]),
-                "created_at": _iso(s["created_at"]),
-                "last_used_at": _iso(s["last_used_at"]),
-                "absolute_expires_at": _iso(s["absolute_expires_at"]),
-                "access_expires_at": _iso(s["access_expires_at"]),
-                "ended_at": _iso(s["ended_at"]),
+                "auth_time": iso(s["auth_time"]),
+                "created_at": iso(s["created_at"]),
+                "last_used_at": iso(s["last_used_at"]),
+                "absolute_expires_at": iso(s["absolute_expires_at"]),
+                "access_expires_at": iso(s["access_expires_at"]),
+                "ended_at": iso(s["ended_at"]),
                 "end_reason": None
                 if s["end_reason"] is None
                 else A.SessionEndReason.Name(s["end_reason"]),
@@ -124,7 +117,7 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
             {
                 "event_id": str(e["event_id"]),
                 "kind": A.AuditEventKind.Name(e["kind"]),
-                "occurred_at": _iso(e["occurred_at"]),
+                "occurred_at": iso(e["occurred_at"]),
                 "session_id": None if e["session_id"] is None else str(e["session_id"]),
                 "device_id": None if e["device_id"] is None else str(e["device_id"]),
                 "device_name": e["device_name"],
@@ -132,14 +125,7 @@ async def export_account(manager: AuthManager, account_id: str) -> dict[str, Any
             }
             for e in audit
         ],
-        "rate_limit_buckets": [
-            {
-                "limit": b["bucket"].rsplit(":", 1)[0],
-                "tokens": b["tokens"],
-                "updated_at": _iso(b["updated_at"]),
-            }
-            for b in buckets
-        ],
+        "rate_limit_buckets": buckets,
     }
 
 

@@ -14,10 +14,9 @@ import uuid
 
 from conclave.events.v1 import events_pb2
 from conclave_kit.logs import get_logger
-from conclave_kit.nats_bus import EVENTS_STREAM
+from conclave_kit.nats_bus import subscribe_events
 from conclave_kit.runtime import Resources
 from nats.aio.msg import Msg
-from nats.js import api
 
 POLICY_CHANGED = "conclave.events.retention.policy_changed"
 CONSUMER = "auth-policy-changed"
@@ -55,12 +54,6 @@ async def consume_policy_changes(resources: Resources) -> None:
         await apply_policy_change(resources, event)
         await msg.ack()
 
-    await resources.js.subscribe(
-        POLICY_CHANGED,
-        queue=CONSUMER,
-        durable=CONSUMER,
-        cb=handle,
-        manual_ack=True,
-        stream=EVENTS_STREAM,
-        config=api.ConsumerConfig(ack_wait=30, max_deliver=20),
+    await subscribe_events(
+        resources.js, POLICY_CHANGED, CONSUMER, handle, ack_wait=30, max_deliver=20
     )

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from conclave.common.v1 import account_data_pb2 as D
+from conclave_kit.account_data import iso, rate_limit_buckets
 from conclave_kit.ratelimit import RateLimiter
 from conclave_kit.runtime import Resources
 from conclave_kit.tokens import Claims
@@ -29,10 +30,6 @@ _KINDS = {1: "X25519", 2: "ML_KEM_1024"}
 
 def _b64(raw: bytes | None) -> str | None:
     return None if raw is None else base64.b64encode(bytes(raw)).decode()
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 class KeysAccountData:
@@ -70,12 +67,7 @@ class KeysAccountData:
             leaves = await conn.fetch(
                 "SELECT * FROM kt_leaves WHERE account_id = $1 ORDER BY leaf_index", account
             )
-            # Buckets are keyed "<limit>:<account or device id>" (as erasure deletes them).
-            buckets = await conn.fetch(
-                "SELECT bucket, tokens, updated_at FROM rate_limit_buckets "
-                "WHERE split_part(bucket, ':', 2) = ANY($1::text[]) ORDER BY bucket",
-                [account, *(d["device_id"] for d in devices)],
-            )
+            buckets = await rate_limit_buckets(conn, [account, *(d["device_id"] for d in devices)])
         return {
             "devices": [
                 {
@@ -84,8 +76,8 @@ class KeysAccountData:
                     "signing_public_key": _b64(d["signing_public_key"]),
                     "agreement_public_key": _b64(d["agreement_public_key"]),
                     "leaf_index": d["leaf_index"],
-                    "published_at": _iso(d["published_at"]),
-                    "low_notified_at": _iso(d["low_notified_at"]),
+                    "published_at": iso(d["published_at"]),
+                    "low_notified_at": iso(d["low_notified_at"]),
                 }
                 for d in devices
             ],
@@ -96,8 +88,8 @@ class KeysAccountData:
                     "key_id": k["key_id"],
                     "public_key": _b64(k["public_key"]),
                     "signature": _b64(k["signature"]),
-                    "uploaded_at": _iso(k["uploaded_at"]),
-                    "replaced_at": _iso(k["replaced_at"]),
+                    "uploaded_at": iso(k["uploaded_at"]),
+                    "replaced_at": iso(k["replaced_at"]),
                 }
                 for k in signed
             ],
@@ -108,7 +100,7 @@ class KeysAccountData:
                     "key_id": k["key_id"],
                     "public_key": _b64(k["public_key"]),
                     "signature": _b64(k["signature"]),
-                    "uploaded_at": _iso(k["uploaded_at"]),
+                    "uploaded_at": iso(k["uploaded_at"]),
                 }
                 for k in one_time
             ],
@@ -124,14 +116,7 @@ class KeysAccountData:
                 }
                 for leaf in leaves
             ],
-            "rate_limit_buckets": [
-                {
-                    "bucket": b["bucket"],
-                    "tokens": b["tokens"],
-                    "updated_at": _iso(b["updated_at"]),
-                }
-                for b in buckets
-            ],
+            "rate_limit_buckets": buckets,
         }
 
     async def purge(self, kinds: frozenset[int]) -> dict[int, int]:

@@ -24,11 +24,10 @@ from collections.abc import Awaitable, Callable
 from conclave.common.v1 import types_pb2
 from conclave.events.v1 import events_pb2
 from conclave_kit.logs import get_logger
-from conclave_kit.nats_bus import EVENTS_STREAM
+from conclave_kit.nats_bus import EVENTS_STREAM, subscribe_events
 from conclave_kit.runtime import Resources
 from google.protobuf.timestamp_pb2 import Timestamp
 from nats.aio.msg import Msg
-from nats.js import api
 
 PREKEYS_LOW = "conclave.events.prekeys.low"
 DEVICE_REMOVED = "conclave.events.device.removed"
@@ -110,12 +109,11 @@ class EventBus:
                 _log.info("device_removed_event", removed=removed, leaf_index=index)
             await msg.ack()
 
-        await self._resources.js.subscribe(
+        await subscribe_events(
+            self._resources.js,
             DEVICE_REMOVED,
-            queue=DEVICE_REMOVED_CONSUMER,
-            durable=DEVICE_REMOVED_CONSUMER,
-            cb=handle,
-            manual_ack=True,
-            stream=EVENTS_STREAM,
-            config=api.ConsumerConfig(ack_wait=30, max_deliver=20),
+            DEVICE_REMOVED_CONSUMER,
+            handle,
+            ack_wait=30,
+            max_deliver=20,
         )

@@ -8,10 +8,10 @@ account, its chunks and its rate-limit bucket.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from conclave.common.v1 import account_data_pb2 as D
+from conclave_kit.account_data import iso, rate_limit_buckets
 from conclave_kit.ratelimit import RateLimiter
 from conclave_kit.tokens import Claims
 
@@ -19,10 +19,6 @@ from conclave_media import store
 from conclave_media.manager import MediaManager
 
 _STATES = {store.UPLOADING: "UPLOADING", store.COMPLETE: "COMPLETE", store.DELETED: "DELETED"}
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 def _kind(state: int) -> int:
@@ -54,11 +50,7 @@ class MediaAccountData:
             "SELECT * FROM blobs WHERE account_id = $1 ORDER BY created_at", claims.account_id
         )
         quota = await self._m.quota(claims.account_id)
-        buckets = await self._pool.fetch(
-            "SELECT bucket, tokens, updated_at FROM rate_limit_buckets "
-            "WHERE bucket LIKE '%:' || $1",
-            claims.account_id,
-        )
+        buckets = await rate_limit_buckets(self._pool, [claims.account_id])
         return {
             "blobs": [
                 {
@@ -68,9 +60,9 @@ class MediaAccountData:
                     "chunk_size": r["chunk_size"],
                     "chunks_received": r["chunks_received"],
                     "ciphertext_sha256": bytes(r["ciphertext_sha256"]).hex(),
-                    "created_at": _iso(r["created_at"]),
-                    "completed_at": _iso(r["completed_at"]),
-                    "expires_at": _iso(r["expires_at"]),
+                    "created_at": iso(r["created_at"]),
+                    "completed_at": iso(r["completed_at"]),
+                    "expires_at": iso(r["expires_at"]),
                 }
                 for r in rows
             ],
@@ -79,14 +71,7 @@ class MediaAccountData:
                 "limit_bytes": quota.limit_bytes,
                 "blob_count": quota.blob_count,
             },
-            "rate_limit_buckets": [
-                {
-                    "limit": b["bucket"].rsplit(":", 1)[0],
-                    "tokens": b["tokens"],
-                    "updated_at": _iso(b["updated_at"]),
-                }
-                for b in buckets
-            ],
+            "rate_limit_buckets": buckets,
         }
 
     async def purge(self, kinds: frozenset[int]) -> dict[int, int]:

@@ -8,11 +8,10 @@ import grpc
 from conclave.events.v1 import events_pb2
 from conclave.messaging.v1 import messaging_pb2, messaging_pb2_grpc
 from conclave_kit.account_data import AccountDataServicer
-from conclave_kit.nats_bus import EVENTS_STREAM, ensure_stream
+from conclave_kit.nats_bus import ensure_stream, subscribe_events
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.runtime import Resources, ServiceSpec
 from nats.aio.msg import Msg
-from nats.js import api
 
 from conclave_messaging import events, streams
 from conclave_messaging.account_data import MessagingAccountData
@@ -106,14 +105,13 @@ def build_spec(
             await manager.drop_device(account, device)  # raises: redelivered later
             await msg.ack()
 
-        await resources.js.subscribe(
+        await subscribe_events(
+            resources.js,
             events.DEVICE_REMOVED,
-            queue=events.DEVICE_REMOVED_CONSUMER,
-            durable=events.DEVICE_REMOVED_CONSUMER,
-            cb=on_device_removed,
-            manual_ack=True,
-            stream=EVENTS_STREAM,
-            config=api.ConsumerConfig(ack_wait=30, max_deliver=20),
+            events.DEVICE_REMOVED_CONSUMER,
+            on_device_removed,
+            ack_wait=30,
+            max_deliver=20,
         )
 
     return ServiceSpec(

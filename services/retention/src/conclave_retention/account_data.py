@@ -25,6 +25,7 @@ from typing import Any
 
 import asyncpg
 from conclave.common.v1 import account_data_pb2 as D
+from conclave_kit.account_data import iso, rate_limit_buckets
 from conclave_kit.ratelimit import RateLimiter
 from conclave_kit.tokens import Claims
 from nats.js import JetStreamContext
@@ -37,10 +38,6 @@ ERASURE_RECORD_DAYS = 30
 # The export bucket (capacity 1) is full again one export interval after its last use;
 # buckets idle for longer carry no information.
 Clock = Callable[[], datetime]
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()
 
 
 def _rows(result: str) -> int:
@@ -92,11 +89,7 @@ class RetentionAccountData:
             groups = await conn.fetch(
                 "SELECT * FROM group_members WHERE account_id = $1 ORDER BY group_id", account
             )
-            buckets = await conn.fetch(
-                "SELECT bucket, tokens, updated_at FROM rate_limit_buckets WHERE bucket LIKE "
-                "'%:' || $1",
-                account,
-            )
+            buckets = await rate_limit_buckets(conn, [account])
             erasures = await conn.fetch(
                 "SELECT e.requested_at, e.servers_done_at, array_agg(p.service) AS done "
                 "FROM erasure_requests e LEFT JOIN erasure_progress p USING (id_hash) "
@@ -112,7 +105,7 @@ class RetentionAccountData:
             if policy is None
             else {
                 **{name: value for name, value in store.level_columns(policy).items()},
-                "updated_at": _iso(policy["updated_at"]),
+                "updated_at": iso(policy["updated_at"]),
             },
             "conversation_policies": [
                 {
@@ -120,7 +113,7 @@ class RetentionAccountData:
                     **store.level_columns(row),
                     "set_by_me": row["updated_by"] is not None
                     and str(row["updated_by"]) == account,
-                    "updated_at": _iso(row["updated_at"]),
+                    "updated_at": iso(row["updated_at"]),
                 }
                 for row in conversations
             ],
@@ -133,17 +126,10 @@ class RetentionAccountData:
                 }
                 for row in groups
             ],
-            "rate_limits": [
-                {
-                    "limit": row["bucket"].rsplit(":", 1)[0],
-                    "tokens": row["tokens"],
-                    "updated_at": _iso(row["updated_at"]),
-                }
-                for row in buckets
-            ],
+            "rate_limit_buckets": buckets,
             "erasure_requests": [
                 {
-                    "requested_at": _iso(row["requested_at"]),
+                    "requested_at": iso(row["requested_at"]),
                     "servers_complete": sorted(int(s) for s in row["done"] if s is not None),
                 }
                 for row in erasures
