@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,11 +16,24 @@ from conclave_client.messenger import MemberInfo, Message, MessengerError, Sent
 WHEN = datetime(2026, 11, 27, 12, 0, 5, tzinfo=UTC)
 
 
+class NoSchedule:
+    """The disappearing-message schedule of a client that received none."""
+
+    clock = staticmethod(time.time)
+
+    def sweep(self) -> list[Any]:
+        return []
+
+    def next_due(self) -> float | None:
+        return None
+
+
 class FakeMessenger:
     def __init__(self, messages: Sequence[Message] = ()) -> None:
         self.messages = list(messages)
         self.sent: list[tuple[str, str, str]] = []
         self.failures: list[tuple[str, str]] = []
+        self.expiry = NoSchedule()
 
     def __enter__(self) -> FakeMessenger:
         return self
@@ -38,7 +52,11 @@ class FakeMessenger:
         return Sent("m-2", WHEN, False, 0)
 
     def listen(
-        self, *, count: int | None = None, timeout: float | None = None
+        self,
+        *,
+        count: int | None = None,
+        timeout: float | None = None,
+        policy_changes: bool = False,
     ) -> Iterator[Message]:
         for i, message in enumerate(self.messages):
             if count is not None and i >= count:

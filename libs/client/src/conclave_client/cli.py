@@ -18,9 +18,12 @@ import contextlib
 import getpass
 import io
 import json
+import math
 import os
+import re
 import shutil
 import sys
+import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +57,7 @@ from conclave_client.auth_client import (
     SessionInfo,
 )
 from conclave_client.credentials import CredentialsError, CredentialStore, normalise_username
+from conclave_client.disappearing import Expired, ExpiryStore, Sweeper
 from conclave_client.endpoints import Endpoints
 from conclave_client.files import (
     DOWNLOADS_DIR,
@@ -75,9 +79,14 @@ from conclave_client.keys_client import (
     verified_json,
 )
 from conclave_client.media_client import MediaClient
-from conclave_client.messenger import Client, Message
+from conclave_client.messenger import Client, Message, PolicyChange
 from conclave_client.retention_client import (
+    CONVERSATION_POLICY_FIELDS,
     FRESH_AUTH_REQUIRED,
+    INHERIT,
+    POLICY_FIELDS,
+    DeploymentPolicy,
+    EffectivePolicy,
     ErasureStatus,
     RetentionClient,
     section_counts,
@@ -939,6 +948,13 @@ LOCAL_STATE = ("credentials.json", "device.db", "device.lock", "client.db", "kt-
 
 def _remove_local_state(home: Path) -> list[str]:
     removed = []
+    if (home / "client.db").exists():
+        # The disappearing-message schedule lives in client.db: once it is gone nothing
+        # would delete those files at their expiry, so they go now, a little early.
+        with ExpiryStore(home / "client.db", clock=lambda: math.inf) as schedule:
+            swept = [item for item in schedule.sweep() if item.path is not None]
+        if swept:
+            removed.append(f"{len(swept)} file(s) of disappearing messages")
     for name in LOCAL_STATE:
         path = home / name
         with contextlib.suppress(FileNotFoundError):
@@ -1070,6 +1086,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_messaging_commands(sub, common)
     _add_file_commands(sub, common)
     _add_account_data_commands(sub, common)
+    _add_retention_commands(sub, common)
     return parser
 
 
@@ -1208,9 +1225,18 @@ def _add_messaging_commands(
         parents=[common],
         help="print messages as they arrive (waiting ones first)",
         description="Decrypt and print this device's messages: first those waiting, then "
-        "live ones. Each is acknowledged once printed, so it is not printed again.",
+        "live ones. Each is acknowledged once printed, so it is not printed again. "
+        "Received files are saved into $CONCLAVE_HOME/downloads/. In a conversation with a "
+        "disappearing timer, messages show when they disappear, and files saved for them "
+        "are deleted at that time (at start and while listening); timer changes are shown "
+        "as they happen.",
     )
-    listen.add_argument("--count", type=_positive_int, metavar="N", help="exit after N messages")
+    listen.add_argument(
+        "--count",
+        type=_positive_int,
+        metavar="N",
+        help="exit after N messages (policy changes and deletions are not counted)",
+    )
     listen.add_argument(
         "--timeout",
         type=float,
@@ -1272,6 +1298,73 @@ def _printable(text: str) -> str:
     )
 
 
+_UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+
+
+def _duration_text(seconds: int) -> str:
+    """``seconds`` in the largest unit that divides it exactly: ``30 s``, ``1 h``, ``28 d``."""
+    for unit, size in _UNITS:
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _timer_text(seconds: int) -> str:
+    """A disappearing timer for people: ``off`` or a duration."""
+    return "off" if seconds <= 0 else _duration_text(seconds)
+
+
+def _remaining_text(seconds: float) -> str:
+    """Time left, rounded for a glance: ``30 s``, ``5 min``, ``2 h``, ``3 d``."""
+    if seconds < 120:
+        return f"{max(round(seconds), 0)} s"
+    if seconds < 2 * 3600:
+        return f"{round(seconds / 60)} min"
+    if seconds < 2 * 86400:
+        return f"{round(seconds / 3600)} h"
+    return f"{round(seconds / 86400)} d"
+
+
+def _disappears_hint(message: Message) -> str:
+    if not message.disappearing or message.expire_time is None:
+        return ""
+    left = (message.expire_time - datetime.now(UTC)).total_seconds()
+    if left <= 0:
+        return " (disappeared)"
+    return f" (disappears in {_remaining_text(left)})"
+
+
+def _print_policy_change(change: PolicyChange, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(change.to_json()), flush=True)
+        return
+    when = change.change_time.strftime("%H:%M:%S") if change.change_time else "--:--:--"
+    print(
+        _printable(
+            f"{when} {change.conversation} disappearing messages: "
+            f"{_timer_text(change.timer_seconds)}, set by {change.changed_by}"
+        ),
+        flush=True,
+    )
+
+
+def _print_expired(item: Expired, as_json: bool) -> None:
+    """Reports a file deleted because its message disappeared (records alone are silent)."""
+    if item.path is None:
+        return
+    if as_json:
+        value = {
+            "type": "disappeared",
+            "id": item.message_id,
+            "file": str(item.path),
+            "expire_time": _iso(datetime.fromtimestamp(item.expire_time, UTC)),
+        }
+        print(json.dumps(value), flush=True)
+        return
+    when = datetime.fromtimestamp(item.expire_time, UTC).strftime("%H:%M:%S")
+    print(_printable(f"{when} [disappeared] {item.path} deleted"), flush=True)
+
+
 def _print_message(
     message: Message, as_json: bool, saved: Path | None = None, error: str | None = None
 ) -> None:
@@ -1295,20 +1388,41 @@ def _print_message(
         what = f"[file] {safe_filename(a.name)} ({_human_bytes(a.size)})" if a else "[file]"
         where_saved = f" saved as {saved}" if saved is not None else " (not saved)"
         caption = f" {message.text}" if message.text else ""
-        print(_printable(f"{when} {where}: {what}{where_saved}{caption}"), flush=True)
+        hint = _disappears_hint(message)
+        print(_printable(f"{when} {where}: {what}{where_saved}{caption}{hint}"), flush=True)
         return
-    print(_printable(f"{when} {where}: {message.text}"), flush=True)
+    print(_printable(f"{when} {where}: {message.text}{_disappears_hint(message)}"), flush=True)
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     shown = 0
+    # The sweeper thread prints too: one line at a time.
+    output = threading.Lock()
+
+    def expired(item: Expired) -> None:
+        with output:
+            _print_expired(item, args.json)
+
     with make_messenger(args) as client, contextlib.ExitStack() as closing:
+        # What fell due while nothing was running goes first, then the sweeper keeps
+        # deleting as messages expire while we wait on the stream.
+        for item in client.expiry.sweep():
+            expired(item)
+        closing.enter_context(Sweeper(client.expiry, expired))
         reported = 0
         media: MediaClient | None = None
-        for message in client.listen(count=args.count, timeout=args.timeout):
+        for received in client.listen(count=args.count, timeout=args.timeout, policy_changes=True):
+            if isinstance(received, PolicyChange):
+                with output:
+                    _print_policy_change(received, args.json)
+                continue
+            message = received
             saved: Path | None = None
             error: str | None = None
-            if message.attachment is not None:
+            if message.attachment is not None and message.expired:
+                # Its plaintext must not outlive expire_time: never fetched.
+                error = "the message disappeared before the file could be saved"
+            elif message.attachment is not None:
                 if media is None:
                     media = closing.enter_context(make_media_client(args, client.auth))
                 try:
@@ -1316,19 +1430,22 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                     saved = _download(args, client, media, message.attachment)
                 except CliError as err:
                     error = str(err)
+                if saved is not None and message.disappearing and message.expire_time:
+                    client.expiry.track(message.id, message.expire_time.timestamp(), saved)
             elif message.is_file:
                 error = message.attachment_error
-            if error:
-                name = safe_filename(message.attachment.name) if message.attachment else "file"
-                print(
-                    f"conclave: error: message {message.id}: {name} not saved: {error}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            _print_message(message, args.json, saved, error)
+            with output:
+                if error:
+                    name = safe_filename(message.attachment.name) if message.attachment else "file"
+                    print(
+                        f"conclave: error: message {message.id}: {name} not saved: {error}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                _print_message(message, args.json, saved, error)
+                for message_id, reason in client.failures[reported:]:
+                    print(f"conclave: warning: message {message_id} {reason}", file=sys.stderr)
             shown += 1
-            for message_id, reason in client.failures[reported:]:
-                print(f"conclave: warning: message {message_id} {reason}", file=sys.stderr)
             reported = len(client.failures)
         for message_id, reason in client.failures[reported:]:
             print(f"conclave: warning: message {message_id} {reason}", file=sys.stderr)
@@ -1504,6 +1621,231 @@ def _add_auth_commands(
         help="only this kind of event, e.g. LOGIN_SUCCEEDED (repeatable)",
     )
     audit.set_defaults(handler=_cmd_audit)
+
+
+# -- retention policies ---------------------------------------------------------------------
+
+_POLICY_LABELS = {
+    "disappearing_message_timer": "disappearing messages",
+    "undelivered_message_ttl": "undelivered messages kept",
+    "media_ttl": "files (media) kept",
+    "audit_log_ttl": "audit log kept",
+}
+_POLICY_FLAGS = {
+    "disappearing_message_timer": "--disappearing",
+    "undelivered_message_ttl": "--undelivered-ttl",
+    "media_ttl": "--media-ttl",
+    "audit_log_ttl": "--audit-log-ttl",
+}
+_DURATION = re.compile(r"(\d+)\s*(s|sec|m|min|h|d|w)?", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration_arg(allow_off: bool) -> Callable[[str], int]:
+    """An argparse type: ``30s``, ``5m``, ``1h``, ``7d``, ``4w`` or plain seconds.
+
+    ``inherit`` clears the value at this level; ``off`` (timer only) is 0. Bounds are the
+    server's to check, so its limits are the only ones (and reported as they are).
+    """
+
+    def parse(text: str) -> int:
+        value = text.strip().lower()
+        if value == "inherit":
+            return INHERIT
+        if allow_off and value == "off":
+            return 0
+        match = _DURATION.fullmatch(value)
+        if match is None:
+            extra = ", off" if allow_off else ""
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a duration (e.g. 30s, 5m, 1h, 7d, 4w{extra}, inherit)"
+            )
+        return int(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "").lower()]
+
+    return parse
+
+
+def _policy_json(
+    target: str | None, effective: EffectivePolicy, bounds: DeploymentPolicy
+) -> dict[str, Any]:
+    return {
+        "conversation": target,
+        "disappearing": effective.disappearing_timer > 0,
+        "policy": {
+            name: {
+                "seconds": effective.values.get(name),
+                "source": effective.sources.get(name),
+                "default": bounds.defaults.get(name),
+                "minimum": bounds.minimum.get(name),
+                "maximum": bounds.maximum.get(name),
+            }
+            for name in POLICY_FIELDS
+        },
+    }
+
+
+def _print_policy(
+    target: str | None, effective: EffectivePolicy, bounds: DeploymentPolicy, title: str
+) -> None:
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("allowed")
+    # The timer first: it is what people come here for.
+    order = ("disappearing_message_timer", "undelivered_message_ttl", "media_ttl", "audit_log_ttl")
+    for name in order:
+        if target is not None and name not in CONVERSATION_POLICY_FIELDS:
+            continue  # the audit log is the account's, never a conversation's
+        seconds = effective.values.get(name)
+        low, high = bounds.minimum.get(name), bounds.maximum.get(name)
+        if name == "disappearing_message_timer":
+            shown = _timer_text(seconds or 0)
+            allowed = f"off, {_duration_text(low or 0)} to {_duration_text(high or 0)}"
+        else:
+            shown = _duration_text(seconds) if seconds is not None else "-"
+            allowed = f"{_duration_text(low or 0)} to {_duration_text(high or 0)}"
+        table.add_row(_POLICY_LABELS[name], shown, effective.sources.get(name, "-"), allowed)
+    Console().print(table)
+
+
+def _conversation_title(target: str | None) -> str:
+    if target is None:
+        return "Retention for your account"
+    name = _printable(target)
+    return f"Retention in {name}" if target.startswith("#") else f"Retention with {name}"
+
+
+def _retention_target(
+    args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[RetentionClient, Any]:
+    """The retention client and the ConversationRef of ``args.target`` (None: account).
+
+    A conversation needs this device's state (group names live on devices); the account
+    level needs only a session.
+    """
+    if args.target is None:
+        auth = stack.enter_context(make_auth_client(args))
+        return stack.enter_context(make_retention_client(args, auth)), None
+    client = stack.enter_context(make_messenger(args))
+    ref = client.conversation_ref(args.target)
+    return stack.enter_context(make_retention_client(args, client.auth)), ref
+
+
+def _cmd_retention_show(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as stack:
+        retention, ref = _retention_target(args, stack)
+        effective = retention.effective_policy(ref)
+        bounds = retention.deployment_policy()
+    if args.json:
+        _print_json(_policy_json(args.target, effective, bounds))
+    else:
+        _print_policy(args.target, effective, bounds, _conversation_title(args.target))
+    return EXIT_OK
+
+
+def _policy_error(err: ClientError) -> CliError:
+    """The server's INVALID_ARGUMENT in terms of this command's flags."""
+    message = str(err)
+    for name, flag in _POLICY_FLAGS.items():
+        message = message.replace(f"policy.{name}", flag)
+    return CliError(message.replace("(0 turns it off)", "(off turns it off)"))
+
+
+def _cmd_retention_set(args: argparse.Namespace) -> int:
+    changes = {
+        name: getattr(args, name) for name in POLICY_FIELDS if getattr(args, name, None) is not None
+    }
+    if not changes:
+        raise CliError(
+            "nothing to set (give --disappearing, --undelivered-ttl, --media-ttl "
+            "or --audit-log-ttl)"
+        )
+    if args.target is not None and "audit_log_ttl" in changes:
+        raise CliError("--audit-log-ttl is account-level only (leave out USER|#GROUP)")
+    with contextlib.ExitStack() as stack:
+        retention, ref = _retention_target(args, stack)
+        try:
+            effective = retention.update_policy(changes, ref)
+        except ClientError as err:
+            if err.code == "INVALID_ARGUMENT":
+                raise _policy_error(err) from None
+            raise
+        bounds = retention.deployment_policy()
+    if args.json:
+        _print_json(_policy_json(args.target, effective, bounds))
+        return EXIT_OK
+    if "disappearing_message_timer" in changes:
+        where = "your account" if args.target is None else _printable(args.target)
+        timer = _timer_text(effective.disappearing_timer)
+        note = "" if args.target is None else " (for messages sent from now on)"
+        print(f"Disappearing messages for {where}: {timer}{note}.")
+    _print_policy(args.target, effective, bounds, _conversation_title(args.target))
+    return EXIT_OK
+
+
+def _add_retention_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    """Retention policies: retention show, retention set."""
+    retention = sub.add_parser(
+        "retention",
+        parents=[common],
+        help="retention policy and disappearing messages of your account or a conversation",
+    )
+    retention_sub = retention.add_subparsers(
+        dest="retention_command", metavar="ACTION", required=True
+    )
+    target_help = "a conversation: USER (1:1) or #GROUP; default: your account"
+    show = retention_sub.add_parser(
+        "show",
+        parents=[common],
+        help="the policy in force and where each value comes from",
+        description="RetentionService.GetEffectivePolicy: each value and its origin "
+        "(conversation, account or deployment), with the deployment's allowed range.",
+    )
+    show.add_argument("target", metavar="USER|#GROUP", nargs="?", help=target_help)
+    show.set_defaults(handler=_cmd_retention_show)
+    set_ = retention_sub.add_parser(
+        "set",
+        parents=[common],
+        help="change values of your account's or a conversation's policy",
+        description="Change only the values given; the others stay as they are. "
+        "DURATION: 30s, 5m, 1h, 7d, 4w or seconds; 'inherit' removes the value at this "
+        "level (the account's or deployment's applies). A conversation's disappearing "
+        "timer is shared by both parties (any group admin may set a group's) and applies "
+        "to messages sent after the change.",
+    )
+    set_.add_argument("target", metavar="USER|#GROUP", nargs="?", help=target_help)
+    set_.add_argument(
+        "--disappearing",
+        dest="disappearing_message_timer",
+        type=_duration_arg(allow_off=True),
+        metavar="DURATION|off",
+        help="disappearing-message timer (off, or 30s to 4w by default)",
+    )
+    set_.add_argument(
+        "--undelivered-ttl",
+        dest="undelivered_message_ttl",
+        type=_duration_arg(allow_off=False),
+        metavar="DURATION",
+        help="how long the server keeps a message nobody fetched",
+    )
+    set_.add_argument(
+        "--media-ttl",
+        dest="media_ttl",
+        type=_duration_arg(allow_off=False),
+        metavar="DURATION",
+        help="how long the server keeps uploaded files",
+    )
+    set_.add_argument(
+        "--audit-log-ttl",
+        dest="audit_log_ttl",
+        type=_duration_arg(allow_off=False),
+        metavar="DURATION",
+        help="how long your audit log is kept (account only)",
+    )
+    set_.set_defaults(handler=_cmd_retention_set)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

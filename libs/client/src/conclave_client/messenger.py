@@ -14,6 +14,11 @@ the messaging, keys and auth services together:
 * :meth:`Client.listen` reads the device's ``Subscribe`` stream, decrypts, de-duplicates by
   message id (ids are remembered in ``$CONCLAVE_HOME/client.db``) and acknowledges each
   item after it was handed out.
+* Disappearing messages: a message whose ``expire_time - server_time`` equals a
+  disappearing timer known for its conversation (live ``policy_change`` pushes, else
+  ``RetentionService.GetEffectivePolicy`` once per stream) is marked ``disappearing`` and
+  scheduled in ``client.db`` for deletion at ``expire_time``
+  (:mod:`conclave_client.disappearing`; ``listen`` sweeps the schedule).
 * Groups use sender keys: before its first message to a group, and again whenever the
   group's membership version moved, a sender distributes its sender key over the pairwise
   sessions (one ``SendDirectMessage`` per member account, tagged ``sender_key``). When a
@@ -55,6 +60,7 @@ import json
 import os
 import sqlite3
 import time
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,10 +84,12 @@ from conclave_crypto import (
 
 from conclave_client.auth_client import AuthClient, ClientError
 from conclave_client.credentials import CredentialStore, normalise_username
+from conclave_client.disappearing import ExpiryStore, conversation_key
 from conclave_client.endpoints import Endpoints
 from conclave_client.files import Attachment, AttachmentError
 from conclave_client.home import conclave_home
 from conclave_client.keys_client import DEVICE_FILE, KeysClient, registration_id
+from conclave_client.retention_client import RetentionClient
 
 DEFAULT_TIMEOUT = 15.0
 FRAME_VERSION = 1
@@ -116,6 +124,9 @@ class Message:
         outgoing: True for copies of what another device of ours sent.
         attachment: The file record of a ``file`` message (key included: never print it).
         attachment_error: Why a ``file`` message's record could not be used, else empty.
+        expire_time: When the server deletes it (and, if ``disappearing``, this device).
+        disappearing: True when it was sent under the conversation's disappearing timer:
+            whatever the client keeps of it must be deleted at ``expire_time``.
     """
 
     id: str
@@ -129,6 +140,17 @@ class Message:
     outgoing: bool = False
     attachment: Attachment | None = None
     attachment_error: str = ""
+    expire_time: datetime | None = None
+    disappearing: bool = False
+
+    @property
+    def expired(self) -> bool:
+        """True for a disappearing message whose ``expire_time`` has already passed."""
+        return (
+            self.disappearing
+            and self.expire_time is not None
+            and self.expire_time <= datetime.now(UTC)
+        )
 
     @property
     def is_file(self) -> bool:
@@ -150,8 +172,46 @@ class Message:
             "from_account_id": self.sender_account_id,
             "from_device_id": self.sender_device_id,
             "outgoing": self.outgoing,
-            "server_time": stamp.isoformat().replace("+00:00", "Z") if stamp else None,
+            "server_time": _iso(stamp),
+            "expire_time": _iso(self.expire_time),
+            "disappearing": self.disappearing,
             **extra,
+        }
+
+
+@dataclass(frozen=True)
+class PolicyChange:
+    """A conversation's disappearing timer changed (live ``policy_change`` push).
+
+    Attributes:
+        conversation: ``USERNAME`` of the other party, or ``#NAME`` for a group.
+        peer_account_id: The other party of a 1:1 conversation, else empty.
+        group_id: The group, else empty.
+        timer_seconds: The timer now in force; 0 means disappearing messages are off.
+        changed_by: Username (else account id) of who changed it.
+        changed_by_account_id: Account that changed it.
+        change_time: When it changed.
+    """
+
+    conversation: str
+    peer_account_id: str
+    group_id: str
+    timer_seconds: int
+    changed_by: str
+    changed_by_account_id: str
+    change_time: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``listen --json`` object (``"type": "policy_change"``)."""
+        return {
+            "type": "policy_change",
+            "conversation": self.conversation,
+            "group_id": self.group_id or None,
+            "disappearing_message_timer": self.timer_seconds,
+            "disappearing": self.timer_seconds > 0,
+            "changed_by": self.changed_by,
+            "changed_by_account_id": self.changed_by_account_id,
+            "change_time": _iso(self.change_time),
         }
 
 
@@ -194,6 +254,10 @@ class _GroupRow:
 
 def _stamp(ts: Any, present: bool) -> datetime | None:
     return ts.ToDatetime(tzinfo=UTC) if present else None
+
+
+def _iso(stamp: datetime | None) -> str | None:
+    return stamp.isoformat().replace("+00:00", "Z") if stamp else None
 
 
 def encode_frame(kind: str, **fields: object) -> bytes:
@@ -425,6 +489,12 @@ class Client:
         self._msg_channel = grpc.insecure_channel(self.endpoints["messaging"])
         self._msg = messaging_pb2_grpc.MessagingServiceStub(self._msg_channel)
         self._pending: list[_Pending] = []
+        #: Disappearing-message schedule and known timers (``client.db``).
+        self.expiry = ExpiryStore(self.home / STATE_FILE)
+        # Timer in force per conversation, as learnt on the current stream: a change made
+        # while no stream was open is never pushed, so this starts empty on each stream.
+        self._timers: dict[str, int] = {}
+        self._retention: RetentionClient | None = None
         #: Deliveries that could not be decrypted or parsed: (message id, reason).
         self.failures: list[tuple[str, str]] = []
 
@@ -476,6 +546,9 @@ class Client:
         self._msg_channel.close()
         self._state.close()
         self._local.close()
+        self.expiry.close()
+        if self._retention is not None:
+            self._retention.close()
         if self._own_auth:
             self.auth.close()
 
@@ -516,6 +589,24 @@ class Client:
         ((canonical, account_id),) = list(found.items())[:1]
         self._local.remember(account_id, canonical)
         return account_id
+
+    def retention(self) -> RetentionClient:
+        """A RetentionService client on this session (closed with the client)."""
+        if self._retention is None:
+            self._retention = RetentionClient(
+                self.endpoints["retention"], self.auth, timeout=self._timeout
+            )
+        return self._retention
+
+    def conversation_ref(self, target: str) -> types_pb2.ConversationRef:
+        """The conversation ``USER`` or ``#GROUP`` (a group known on this device, or its id).
+
+        Raises:
+            MessengerError: Unknown user or group.
+        """
+        if target.startswith("#"):
+            return types_pb2.ConversationRef(group_id=self._group_id(target))
+        return types_pb2.ConversationRef(peer_account_id=self.resolve_user(target))
 
     def _resolve_users(self, usernames: Sequence[str]) -> dict[str, str]:
         """Username as typed -> account id; every name must exist."""
@@ -949,9 +1040,11 @@ class Client:
     def _fail(self, message_id: str, reason: str) -> None:
         self.failures.append((message_id, reason))
 
-    def _handle(self, item: M.SubscribeResponse) -> list[tuple[str, Message | None]]:
-        """Processes one stream item; returns (token to ack, message to show) pairs ready."""
+    def _handle(self, item: M.SubscribeResponse) -> list[tuple[str, Message | PolicyChange | None]]:
+        """Processes one stream item; returns (token to ack, item to show) pairs ready."""
         token = item.delivery_token
+        if item.HasField("policy_change"):
+            return [(token, self._policy_change(item.policy_change))]
         if item.HasField("membership_change"):
             change = item.membership_change
             with self._state.use() as dev:
@@ -969,7 +1062,74 @@ class Client:
             return [(token, None)] if token else []
         return self._handle_message(token, item.message)
 
-    def _handle_message(self, token: str, d: M.MessageDelivery) -> list[tuple[str, Message | None]]:
+    def _policy_change(self, change: M.ConversationPolicyChange) -> PolicyChange:
+        ref = change.conversation
+        peer = ref.peer_account_id if ref.WhichOneof("conversation") == "peer_account_id" else ""
+        group_id = ref.group_id if ref.WhichOneof("conversation") == "group_id" else ""
+        key = conversation_key(peer, group_id)
+        seconds = int(change.disappearing_message_timer.seconds)
+        self._timers[key] = seconds
+        self.expiry.remember_timer(key, seconds)
+        if group_id:
+            row = self._local.group(group_id)
+            conversation = "#" + (row.name if row is not None and row.name else group_id)
+        else:
+            conversation = self._display_name(peer)
+        return PolicyChange(
+            conversation=conversation,
+            peer_account_id=peer,
+            group_id=group_id,
+            timer_seconds=seconds,
+            changed_by=self._display_name(change.changed_by_account_id),
+            changed_by_account_id=change.changed_by_account_id,
+            change_time=_stamp(change.change_time, change.HasField("change_time")),
+        )
+
+    def _learn_timer(self, key: str, ref: types_pb2.ConversationRef, message_id: str) -> None:
+        """Reads the conversation's timer once per stream (GetEffectivePolicy).
+
+        A failure is reported and not cached (the next message asks again): the message
+        then counts as disappearing only if it matches a timer seen earlier.
+        """
+        if key in self._timers:
+            return
+        try:
+            seconds = self.retention().effective_policy(ref).disappearing_timer
+        except ClientError as err:
+            if err.code in ("NOT_FOUND", "PERMISSION_DENIED", "INVALID_ARGUMENT"):
+                # No longer a member, the peer's account is gone, or a note to self: no
+                # timer to read now; timers seen before still mark its messages.
+                self._timers[key] = 0
+                return
+            self._fail(message_id, f"may be a disappearing one: its timer is unknown ({err})")
+            return
+        self._timers[key] = seconds
+        self.expiry.remember_timer(key, seconds)
+
+    def _expiry(
+        self, d: M.MessageDelivery, ref: types_pb2.ConversationRef
+    ) -> tuple[datetime | None, bool]:
+        """(expire_time, disappearing) of a delivery; schedules a disappearing one."""
+        if not (d.HasField("expire_time") and d.HasField("server_time")):
+            return None, False
+        expire = d.expire_time.ToDatetime(tzinfo=UTC)
+        lifetime = (expire - d.server_time.ToDatetime(tzinfo=UTC)).total_seconds()
+        which = ref.WhichOneof("conversation")
+        key = conversation_key(
+            ref.peer_account_id if which == "peer_account_id" else "",
+            ref.group_id if which == "group_id" else "",
+        )
+        self._learn_timer(key, ref, d.message_id)
+        disappearing = self.expiry.is_disappearing(key, lifetime)
+        if disappearing:
+            # Scheduled before it is shown or acknowledged, so a crash in between leaves
+            # a record the next sweep still deletes.
+            self.expiry.track(d.message_id, expire.timestamp())
+        return expire, disappearing
+
+    def _handle_message(
+        self, token: str, d: M.MessageDelivery
+    ) -> list[tuple[str, Message | PolicyChange | None]]:
         if self._local.seen(d.message_id):
             return [(token, None)]
         if d.sealed_sender or not d.HasField("sender"):
@@ -977,7 +1137,7 @@ class Client:
             return [(token, None)]
         sender = DeviceAddress(d.sender.account_id, d.sender.device_id)
         is_group = d.conversation.WhichOneof("conversation") == "group_id"
-        ready: list[tuple[str, Message | None]] = []
+        ready: list[tuple[str, Message | PolicyChange | None]] = []
         with self._state.use() as dev:
             try:
                 if is_group:
@@ -1025,9 +1185,9 @@ class Client:
             ready += self._retry_pending()
         return ready
 
-    def _retry_pending(self) -> list[tuple[str, Message | None]]:
+    def _retry_pending(self) -> list[tuple[str, Message | PolicyChange | None]]:
         pending, self._pending = self._pending, []
-        ready: list[tuple[str, Message | None]] = []
+        ready: list[tuple[str, Message | PolicyChange | None]] = []
         for p in pending:
             ready += self._handle_message(p.token, p.delivery)
         return ready
@@ -1041,10 +1201,13 @@ class Client:
             group_id = d.conversation.group_id
             row = self._local.group(group_id)
             conversation = "#" + (row.name if row is not None and row.name else group_id)
+            ref = types_pb2.ConversationRef(group_id=group_id)
         else:
             group_id = ""
             peer = d.conversation.peer_account_id or sender.user_id
             conversation = self._display_name(peer)
+            ref = types_pb2.ConversationRef(peer_account_id=peer)
+        expire_time, disappearing = self._expiry(d, ref)
         attachment: Attachment | None = None
         attachment_error = ""
         if frame.get("type") == "file":
@@ -1064,7 +1227,29 @@ class Client:
             outgoing=outgoing,
             attachment=attachment,
             attachment_error=attachment_error,
+            expire_time=expire_time,
+            disappearing=disappearing,
         )
+
+    @typing.overload
+    def listen(
+        self,
+        *,
+        count: int | None = None,
+        timeout: float | None = None,
+        until_caught_up: bool = False,
+        policy_changes: typing.Literal[False] = False,
+    ) -> Iterator[Message]: ...
+
+    @typing.overload
+    def listen(
+        self,
+        *,
+        count: int | None = None,
+        timeout: float | None = None,
+        until_caught_up: bool = False,
+        policy_changes: bool,
+    ) -> Iterator[Message | PolicyChange]: ...
 
     def listen(
         self,
@@ -1072,8 +1257,12 @@ class Client:
         count: int | None = None,
         timeout: float | None = None,
         until_caught_up: bool = False,
-    ) -> Iterator[Message]:
+        policy_changes: bool = False,
+    ) -> Iterator[Message | PolicyChange]:
         """Yields decrypted text messages as they arrive (backlog first).
+
+        With ``policy_changes``, disappearing-timer changes pushed while listening are
+        yielded too (:class:`PolicyChange`; they do not count towards ``count``).
 
         Every item is acknowledged once it was handed out (the last one when the iterator
         is closed), so what was shown is not delivered again; duplicates (same message id)
@@ -1090,6 +1279,7 @@ class Client:
                 return
             metadata = self.auth.authorized_metadata()
             self._pending = []  # unacknowledged: a new stream delivers them again
+            self._timers = {}  # changes made while no stream was open were not pushed
             call = self._msg.Subscribe(M.SubscribeRequest(), metadata=metadata, timeout=remaining)
             unacked = ""
             try:
@@ -1098,7 +1288,10 @@ class Client:
                     backoff = 0.5
                     caught_up = caught_up or item.HasField("catch_up_complete")
                     for token, message in self._handle(item):
-                        if message is not None:
+                        if isinstance(message, PolicyChange):
+                            if policy_changes:
+                                yield message
+                        elif message is not None:
                             unacked = token
                             yield message
                             shown += 1

@@ -1,4 +1,14 @@
-"""A synchronous client of the account-data RPCs of ``conclave.retention.v1.RetentionService``.
+"""A synchronous client of ``conclave.retention.v1.RetentionService``.
+
+Policies: :meth:`RetentionClient.effective_policy` (``GetEffectivePolicy``, the values in
+force for the account or one conversation and where each comes from),
+:meth:`RetentionClient.deployment_policy` (defaults and bounds) and
+:meth:`RetentionClient.set_policy` (``SetAccountPolicy`` / ``SetConversationPolicy``).
+Those setters *replace* a level; :meth:`RetentionClient.update_policy` changes only the
+fields given and keeps the level's other values, which is what a person setting one value
+means.
+
+Account data:
 
 ``ExportMyData`` and ``DeleteAccount`` are ``AUTH_MODE_FRESH``: the access token must carry
 a recent password + second-factor check (``auth_time``). A call made with an older one
@@ -21,6 +31,18 @@ from conclave.retention.v1 import retention_pb2, retention_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from conclave_client.auth_client import DEFAULT_TIMEOUT, AuthClient, ClientError, error_from_rpc
+
+POLICY_FIELDS = (
+    "undelivered_message_ttl",
+    "disappearing_message_timer",
+    "media_ttl",
+    "audit_log_ttl",
+)
+"""RetentionPolicy fields, in display order (all ``google.protobuf.Duration``)."""
+CONVERSATION_POLICY_FIELDS = POLICY_FIELDS[:3]
+"""Fields a conversation policy may set (the audit log is account-level only)."""
+INHERIT = -1
+"""Value for :meth:`RetentionClient.update_policy`: clear the field at this level."""
 
 EXPORT_FORMAT = "conclave-export-v1"
 EXPORT_TIMEOUT = 120.0
@@ -47,6 +69,66 @@ def _state(value: int) -> str:
     if value == retention_pb2.ERASURE_STATE_PENDING:
         return "pending"
     return "unknown"
+
+
+def _source(value: int) -> str:
+    if value == retention_pb2.POLICY_SOURCE_CONVERSATION:
+        return "conversation"
+    if value == retention_pb2.POLICY_SOURCE_ACCOUNT:
+        return "account"
+    if value == retention_pb2.POLICY_SOURCE_DEPLOYMENT:
+        return "deployment"
+    return "unknown"
+
+
+def _seconds(policy: retention_pb2.RetentionPolicy) -> dict[str, int]:
+    return {
+        name: int(getattr(policy, name).seconds)
+        for name in POLICY_FIELDS
+        if policy.HasField(name)  # type: ignore[arg-type]
+    }
+
+
+def _policy(values: dict[str, int]) -> retention_pb2.RetentionPolicy:
+    policy = retention_pb2.RetentionPolicy()
+    for name, seconds in values.items():
+        getattr(policy, name).FromSeconds(seconds)
+    return policy
+
+
+@dataclass(frozen=True)
+class EffectivePolicy:
+    """A resolved policy: seconds per field and where each value comes from.
+
+    Attributes:
+        values: Field name -> seconds (``disappearing_message_timer`` 0 = off).
+        sources: Field name -> ``conversation``, ``account`` or ``deployment``.
+    """
+
+    values: dict[str, int]
+    sources: dict[str, str]
+
+    @property
+    def disappearing_timer(self) -> int:
+        """The disappearing-message timer in seconds (0: off)."""
+        return self.values.get("disappearing_message_timer", 0)
+
+    @classmethod
+    def from_pb(cls, effective: retention_pb2.EffectivePolicy) -> EffectivePolicy:
+        """From the ``EffectivePolicy`` message."""
+        return cls(
+            _seconds(effective.policy),
+            {n: _source(getattr(effective, f"{n}_source")) for n in POLICY_FIELDS},
+        )
+
+
+@dataclass(frozen=True)
+class DeploymentPolicy:
+    """The deployment's defaults and bounds, seconds per field."""
+
+    defaults: dict[str, int]
+    minimum: dict[str, int]
+    maximum: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -115,6 +197,87 @@ class RetentionClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _call(self, method: Callable[..., Any], request: Any) -> Any:
+        return self._auth.authorized(
+            lambda md: method(request, metadata=md, timeout=self._timeout),
+            service="retention",
+            address=self.address,
+        )
+
+    def effective_policy(
+        self, conversation: types_pb2.ConversationRef | None = None
+    ) -> EffectivePolicy:
+        """The policy in force for our account, or for ``conversation`` as we see it.
+
+        Raises:
+            ClientError: ``NOT_FOUND`` (not a member of the group; no such peer), ...
+        """
+        request = retention_pb2.GetEffectivePolicyRequest(conversation=conversation)
+        reply = self._call(self._stub.GetEffectivePolicy, request)
+        return EffectivePolicy.from_pb(reply.effective)
+
+    def deployment_policy(self) -> DeploymentPolicy:
+        """The deployment's defaults and the smallest and largest value of each field."""
+        reply = self._call(
+            self._stub.GetDeploymentPolicy, retention_pb2.GetDeploymentPolicyRequest()
+        )
+        return DeploymentPolicy(
+            _seconds(reply.defaults), _seconds(reply.minimum), _seconds(reply.maximum)
+        )
+
+    def set_policy(
+        self, values: dict[str, int], conversation: types_pb2.ConversationRef | None = None
+    ) -> EffectivePolicy:
+        """Replaces the account's (or ``conversation``'s) policy level with ``values``.
+
+        Fields not in ``values`` inherit from the level above.
+
+        Returns:
+            The effective policy after the change.
+
+        Raises:
+            ClientError: ``INVALID_ARGUMENT`` (out of bounds; audit-log TTL on a
+                conversation), ``PERMISSION_DENIED`` (not a group admin), ``NOT_FOUND``.
+        """
+        policy = _policy(values)
+        if conversation is None:
+            reply = self._call(
+                self._stub.SetAccountPolicy, retention_pb2.SetAccountPolicyRequest(policy=policy)
+            )
+        else:
+            reply = self._call(
+                self._stub.SetConversationPolicy,
+                retention_pb2.SetConversationPolicyRequest(
+                    conversation=conversation, policy=policy
+                ),
+            )
+        return EffectivePolicy.from_pb(reply.effective)
+
+    def update_policy(
+        self, changes: dict[str, int], conversation: types_pb2.ConversationRef | None = None
+    ) -> EffectivePolicy:
+        """Changes only the fields in ``changes`` at the account or conversation level.
+
+        The level's other values are kept: they are read back from the effective policy
+        (the fields whose source is this level), since the RPCs replace a whole level.
+        A change to :data:`INHERIT` clears that field at this level.
+
+        Returns:
+            The effective policy after the change.
+
+        Raises:
+            ClientError: As :meth:`set_policy`.
+        """
+        level = "account" if conversation is None else "conversation"
+        current = self.effective_policy(conversation)
+        values = {n: v for n, v in current.values.items() if current.sources.get(n) == level}
+        for name, seconds in changes.items():
+            if seconds == INHERIT:
+                values.pop(name, None)
+            else:
+                values[name] = seconds
+        return self.set_policy(values, conversation)
 
     def export(self, progress: Callable[[int], None] | None = None) -> Export:
         """Everything the servers hold about our account (``ExportMyData``).
@@ -223,9 +386,14 @@ def section_counts(export: Export) -> list[tuple[str, str, int]]:
 
 
 __all__ = [
+    "CONVERSATION_POLICY_FIELDS",
     "EXPORT_FORMAT",
     "FRESH_AUTH_REQUIRED",
+    "INHERIT",
+    "POLICY_FIELDS",
     "ClientError",
+    "DeploymentPolicy",
+    "EffectivePolicy",
     "ErasureStatus",
     "Export",
     "RetentionClient",
