@@ -12,7 +12,9 @@ against an embedded NATS JetStream and PostgreSQL started for the run (the dev l
 sends random bytes standing in for ciphertext, downloads them again and checks they are
 identical. Upload time runs from CreateUpload to the completed UploadChunks reply (so it
 includes the server's whole-blob SHA-256 check); download time from the request to the
-last byte.
+last byte. In the same run, ``raw_nats_object_store_baseline`` writes and reads the same
+bytes with the same chunking straight into a JetStream object store from this process
+(nats-py, no gRPC, no PostgreSQL): what the service costs on top of NATS.
 """
 
 from __future__ import annotations
@@ -164,6 +166,41 @@ async def measure(address: str, signer: TokenSigner, size: int, chunk: int) -> d
     }
 
 
+async def measure_raw(nats_url: str, size: int, chunk: int) -> dict[str, Any]:
+    """The raw NATS baseline: the same bytes and chunking, straight into an object store.
+
+    nats-py from this process (put; direct-get reads): no gRPC, no PostgreSQL, no digest.
+    """
+    import nats  # noqa: PLC0415 - only the benchmark needs a bare client
+
+    from conclave_media.storage import JetStreamObjectStorage  # noqa: PLC0415
+
+    data = os.urandom(size)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        store = await JetStreamObjectStorage.open(
+            js, replicas=1, max_age_seconds=3600, bucket="conclave_media_bench_raw"
+        )
+        pieces = [data[o : o + chunk] for o in range(0, size, chunk)]
+        started = time.perf_counter()
+        for index, piece in enumerate(pieces):
+            await store.put_chunk("raw", index, piece)
+        upload_s = time.perf_counter() - started
+        started = time.perf_counter()
+        received = b"".join([await store.get_chunk("raw", i) for i in range(len(pieces))])
+        download_s = time.perf_counter() - started
+        if received != data:
+            raise RuntimeError("raw baseline read back different bytes")
+        await js.delete_stream("OBJ_conclave_media_bench_raw")
+    finally:
+        await nc.close()
+    return {
+        "upload_mb_per_s": round(size / upload_s / 1e6, 1),
+        "download_mb_per_s": round(size / download_s / 1e6, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parses arguments, runs the benchmark and prints one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -180,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     ):
         for _ in range(max(1, args.runs)):
             runs.append(asyncio.run(measure(address, signer, size, chunk)))
+        raw = asyncio.run(measure_raw(nats_url, size, chunk))
     result = {
         "size_bytes": size,
         "chunk_bytes": chunk,
@@ -189,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         "best_upload_mb_per_s": max(r["upload_mb_per_s"] for r in runs),
         "best_download_mb_per_s": max(r["download_mb_per_s"] for r in runs),
         "runs": runs,
+        "raw_nats_object_store_baseline": raw,
     }
     print(json.dumps(result, indent=2))
 
