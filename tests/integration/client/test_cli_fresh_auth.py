@@ -1,4 +1,4 @@
-"""The CLI's FRESH-auth decisions for export and delete-account, with in-process fakes.
+"""The CLI's FRESH-auth decisions (export; delete-account's single step), with fakes.
 
 The live stack cannot cheaply produce every case (a stale session needs the fresh window
 to pass, and each TOTP code works once), so the order of calls is checked here against
@@ -122,26 +122,17 @@ def test_stale_export_re_authenticates_then_retries(
     assert auth.calls == [("pw", "111111")] and retention.exports == 2
 
 
-def test_stale_delete_spends_the_code_on_reauth_and_asks_for_the_next(
+def test_delete_sends_password_and_code_once_whatever_the_session_age(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], home: Path
 ) -> None:
-    auth, retention = FakeAuth(), FakeRetention(stale=1)
+    """DeleteAccount is its own step-up (password + code in the request): no separate
+    re-authentication, one code, local state removed afterwards."""
+    auth, retention = FakeAuth(), FakeRetention(stale=0)
     argv = ["delete-account", "--confirm", "alice", "--password-stdin", "--code", "111111", "--yes"]
     code, out, err = run(monkeypatch, capsys, auth, retention, argv, "pw\n")
-    assert code == 1 and out == ""
-    assert err == (
-        "conclave: error: your last sign-in was too long ago: this code re-authenticated the "
-        "session; repeat the command with the next code\n"
-    )
-    assert auth.calls == [("pw", "111111")]
-    assert (home / "device.db").exists()  # nothing deleted, nothing removed
-
-    # The repeat, now fresh, with the next code: erased, local state removed, said so.
-    code, out, err = run(
-        monkeypatch, capsys, FakeAuth(), retention, [*argv[:-2], "222222", "--yes"], "pw\n"
-    )
     assert (code, err) == (0, "")
-    assert retention.deletes[-1] == ("pw", "222222", "alice")
+    assert auth.calls == []
+    assert retention.deletes == [("pw", "111111", "alice")]
     assert f"erasure id {'E' * 43}" in out and "Removed this device's local state" in out
     assert not (home / "device.db").exists()
 

@@ -983,21 +983,9 @@ def _cmd_delete_account(args: argparse.Namespace) -> int:
                 raise CliError("not deleted")
         password = _read_password(args, confirm=False)
         code = _read_code(args)
-        try:
-            erasure_id, requested = retention.delete_account(password, code, username)
-        except ClientError as err:
-            if err.reason != FRESH_AUTH_REQUIRED:
-                raise
-            # The request itself re-checks password + code, and each code works once: the
-            # step-up spends this code, so the request needs the next one.
-            auth.reauthenticate(password, totp_code=code)
-            if not sys.stdin.isatty() or args.code:
-                raise CliError(
-                    "your last sign-in was too long ago: this code re-authenticated the "
-                    "session; repeat the command with the next code"
-                ) from None
-            code = _read_code(args, prompt="Next authenticator code (each works once): ")
-            erasure_id, requested = retention.delete_account(password, code, username)
+        # The request carries password + code and is the step-up itself (retention checks
+        # them with AuthService.Reauthenticate): however old the session, one code.
+        erasure_id, requested = retention.delete_account(password, code, username)
         # The sessions are gone on the server; the keys and session files are useless now.
         removed = _remove_local_state(home)
         status: ErasureStatus | None = None
