@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.support import MovableClock, start_service
 
 PASSWORD = "correct horse battery staple 42"
+# One TOTP key for the whole test session: the accounts share the session's database.
+TOTP_KEY = os.urandom(32)
 
 
 @dataclass
@@ -96,6 +99,8 @@ async def auth(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Aut
             serialization.NoEncryption(),
         )
     )
+    totp_key_file = tmp_path / "totp.key"
+    totp_key_file.write_bytes(TOTP_KEY)
     public = key.public_key().public_bytes(
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
@@ -105,6 +110,7 @@ async def auth(service_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Aut
         + base64.urlsafe_b64encode(public).decode().rstrip("="),
         "CONCLAVE_TOKEN_SIGNING_KEY_ID": "auth-test",
         "CONCLAVE_TOKEN_SIGNING_KEY_FILE": str(key_file),
+        "CONCLAVE_AUTH_TOTP_KEY_FILE": str(totp_key_file),
         "CONCLAVE_AUTH_GRPC_PORT": "0",
         "CONCLAVE_AUTH_METRICS_PORT": "0",
         # OWASP's minimum Argon2id cost keeps the suite fast; production default is higher.

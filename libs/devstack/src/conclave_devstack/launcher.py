@@ -61,6 +61,7 @@ SERVICES = (
 TOKEN_KEY_ID = "dev-1"  # noqa: S105 - a key *id*, not a secret
 SENDER_CERT_KEY_FILE = "sender-certificate-ed25519.pem"  # auth: sealed-sender certificates
 KT_KEY_FILE = "kt-tree-signing-ed25519.pem"  # keys service: transparency-log head signing key
+TOTP_KEY_FILE = "totp-secrets-aes256.key"  # auth: seals stored TOTP secrets
 
 
 class LaunchError(Exception):
@@ -94,6 +95,20 @@ def load_or_create_signing_key(
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     return key
+
+
+def load_or_create_secret_key(secrets_dir: Path, filename: str) -> Path:
+    """A dev 32-byte random key file, created once (mode 0600); returns its path.
+
+    Kept across restarts: auth's stored TOTP secrets are sealed with it.
+    """
+    secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = secrets_dir / filename
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(os.urandom(32))
+    return path
 
 
 class Stack:
@@ -141,6 +156,7 @@ class Stack:
         key = load_or_create_signing_key(self.data_dir / "secrets")
         load_or_create_signing_key(self.data_dir / "secrets", SENDER_CERT_KEY_FILE)
         kt_key = load_or_create_signing_key(self.data_dir / "secrets", KT_KEY_FILE)
+        totp_key = load_or_create_secret_key(self.data_dir / "secrets", TOTP_KEY_FILE)
         # Clients pin this key (CONCLAVE_KT_LOG_KEY) before trusting tree heads; printing it
         # here is the dev stand-in for publishing it out of band.
         self.kt_log_key = base64.b64encode(
@@ -176,6 +192,7 @@ class Stack:
                     "CONCLAVE_KEYS_TREE_SIGNING_KEY_FILE": str(
                         self.data_dir / "secrets" / KT_KEY_FILE
                     ),
+                    "CONCLAVE_AUTH_TOTP_KEY_FILE": str(totp_key),
                     f"{prefix}_GRPC_PORT": str(ports[svc.name][0]),
                     f"{prefix}_METRICS_PORT": str(ports[svc.name][1]),
                     f"{prefix}_PORTS_FILE": str(ports_file),

@@ -23,6 +23,8 @@ from conclave_kit.config import ConfigError, Env, ServiceConfig
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from conclave_auth.totp_box import load_totp_key
+
 PROFILES = {
     "standard": (14 * 24 * 3600.0, 90 * 24 * 3600.0),
     "enterprise": (30 * 60.0, 12 * 3600.0),
@@ -55,6 +57,8 @@ class AuthConfig:
         audit_ttl_seconds: Deployment default lifetime of audit-log entries.
         sender_cert_key: Ed25519 key signing sealed-sender certificates (None: not offered).
         sender_cert_key_id: Its u32 id, written into each certificate.
+        totp_key: AES-256 key sealing stored TOTP secrets (``CONCLAVE_AUTH_TOTP_KEY_FILE``);
+            None stores them in clear (development only; start-up warns).
     """
 
     service: ServiceConfig
@@ -75,6 +79,7 @@ class AuthConfig:
     audit_ttl_seconds: float = 365 * 24 * 3600.0
     sender_cert_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     sender_cert_key_id: int = 1
+    totp_key: bytes | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AuthConfig:
@@ -101,6 +106,8 @@ class AuthConfig:
             if cert_file is None
             else _load_ed25519(cert_file, "CONCLAVE_AUTH_SENDER_CERT_KEY_FILE")
         )
+        totp_key_file = env.optional_text("CONCLAVE_AUTH_TOTP_KEY_FILE")
+        totp_key = None if totp_key_file is None else load_totp_key(totp_key_file)
         profile = env.choice("CONCLAVE_AUTH_SESSION_PROFILE", "standard", tuple(PROFILES))
         idle_default, absolute_default = PROFILES[profile]
         idle = env.seconds("CONCLAVE_AUTH_IDLE_TIMEOUT_SECONDS", idle_default, minimum=60)
@@ -113,6 +120,7 @@ class AuthConfig:
             )
         return cls(
             service=service,
+            totp_key=totp_key,
             signing_key_id=key_id,
             signing_key=key,
             access_token_seconds=env.integer(

@@ -35,9 +35,11 @@ from conclave_kit.errors import (
     ResourceExhausted,
     Unauthenticated,
 )
+from conclave_kit.logs import get_logger
 from conclave_kit.outbox import OutboxRelay
 from conclave_kit.ratelimit import Limit, RateLimiter
 from conclave_kit.revocations import RevocationList
+from conclave_kit.runtime import StartupError
 from conclave_kit.tokens import Claims, TokenSigner, public_key_bytes
 from conclave_kit.validation import parse_uuid
 from prometheus_client import Counter
@@ -46,6 +48,9 @@ from conclave_auth import credentials as cred
 from conclave_auth import store
 from conclave_auth.config import AuthConfig
 from conclave_auth.sender_certificates import LIFETIME_SECONDS, issue_certificate
+from conclave_auth.totp_box import TotpSecretBox, is_sealed
+
+_log = get_logger("conclave.auth.manager")
 
 Clock = Callable[[], datetime]
 # (account id, device id) -> (signing key, agreement key) of its published identity, or None.
@@ -149,6 +154,7 @@ class AuthManager:
         self._revocations = revocations
         self._clock = clock
         self._limits = RateLimiter(pool)
+        self._totp_box = TotpSecretBox(config.totp_key)
         self._source_logins = Limit(
             "login attempts from this address",
             capacity=config.source_logins_per_minute,
@@ -191,7 +197,7 @@ class AuthManager:
                     account_id=account_id,
                     username=name,
                     password_hash=password_hash,
-                    totp_secret=secret,
+                    totp_secret=self._totp_box.seal(account_id, secret),
                     enrollment_token_hash=cred.token_hash(enrollment),
                     enrollment_expires_at=expires,
                     now=now,
@@ -378,7 +384,8 @@ class AuthManager:
                 retry_after_seconds=wait,
                 reason="RATE_LIMITED",
             )
-        step = cred.totp_matching_step(account["totp_secret"], code, now.timestamp())
+        secret = self._totp_box.open(str(account["account_id"]), account["totp_secret"])
+        step = cred.totp_matching_step(secret, code, now.timestamp())
         if step is None:
             TOTP_FAILURES.inc()
             await self._failure(account, A.AUDIT_EVENT_KIND_TOTP_FAILED, now, "wrong TOTP code")
@@ -953,7 +960,9 @@ class AuthManager:
         async with self._pool.acquire() as conn:
             account = await store.account_by_id(conn, claims.account_id)
             assert account is not None
-            await store.set_pending_totp(conn, claims.account_id, secret, expires)
+            await store.set_pending_totp(
+                conn, claims.account_id, self._totp_box.seal(claims.account_id, secret), expires
+            )
         response = A.ChangeTotpResponse(
             totp_secret=secret, otpauth_uri=cred.otpauth_uri(secret, account["username"])
         )
@@ -976,6 +985,7 @@ class AuthManager:
             raise ResourceExhausted(
                 "too many TOTP attempts", retry_after_seconds=wait, reason="RATE_LIMITED"
             )
+        pending = self._totp_box.open(claims.account_id, pending)
         step = cred.totp_matching_step(pending, code, now.timestamp())
         if step is None:
             await self._failure(account, A.AUDIT_EVENT_KIND_TOTP_FAILED, now, "TOTP change")
@@ -1076,6 +1086,52 @@ class AuthManager:
             )
         self._relay.wake()
         return int(result.rsplit(" ", 1)[-1])
+
+    async def seal_stored_totp_secrets(self) -> int:
+        """Start-up step: seals secrets still stored in clear; refuses sealed ones without key.
+
+        Returns:
+            Secrets sealed now (0 without a key or when all already were).
+
+        Raises:
+            StartupError: Secrets are sealed but ``CONCLAVE_AUTH_TOTP_KEY_FILE`` is not set.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not self._totp_box.enabled:
+                sealed = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM accounts WHERE totp_secret LIKE 'v1:%' "
+                    "OR pending_totp_secret LIKE 'v1:%')"
+                )
+                if sealed:
+                    raise StartupError(
+                        "CONCLAVE_AUTH_TOTP_KEY_FILE: stored TOTP secrets are encrypted; "
+                        "set it to the key they were sealed with"
+                    )
+                _log.warning("totp_secrets_in_clear", setting="CONCLAVE_AUTH_TOTP_KEY_FILE")
+                return 0
+            # One replica at a time; the others then find nothing left to seal.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('conclave-totp-seal'))")
+            rows = await conn.fetch(
+                "SELECT account_id, totp_secret, pending_totp_secret FROM accounts "
+                "WHERE totp_secret NOT LIKE 'v1:%' OR pending_totp_secret NOT LIKE 'v1:%'"
+            )
+            for r in rows:
+                account = str(r["account_id"])
+                current, pending = r["totp_secret"], r["pending_totp_secret"]
+                if not is_sealed(current):
+                    current = self._totp_box.seal(account, current)
+                if pending is not None and not is_sealed(pending):
+                    pending = self._totp_box.seal(account, pending)
+                await conn.execute(
+                    "UPDATE accounts SET totp_secret = $2, pending_totp_secret = $3 "
+                    "WHERE account_id = $1",
+                    r["account_id"],
+                    current,
+                    pending,
+                )
+        if rows:
+            _log.info("totp_secrets_sealed", count=len(rows))
+        return len(rows)
 
     async def erase_account(self, account_id: str) -> int:
         """Erases an account (``conclave.events.account.deleted``); idempotent.

@@ -36,6 +36,7 @@ def build_spec(config: AuthConfig, clock: Clock | None = None) -> ServiceSpec:
         servicer.manager = manager = AuthManager(
             config, resources.pool, relay, resources.revocations, **extra
         )
+        await manager.seal_stored_totp_secrets()
         account_data.provider = AuthAccountData(manager, config.audit_ttl_seconds)
 
     return ServiceSpec(
